@@ -1,0 +1,8 @@
+"""``python -m mlplab``."""
+
+import sys
+
+from mlplab.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

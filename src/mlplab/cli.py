@@ -1,0 +1,75 @@
+"""The ``mlplab`` command line: subcommands, and the one place that turns errors into exit codes.
+
+Each subcommand lives in ``mlplab.commands.<name>`` with ``register(subparsers, parents)`` (adds
+its parser and sets ``run``) and keeps heavy imports inside its ``run`` so ``mlplab --help``
+stays fast. Library code raises :class:`~mlplab.errors.MlplabError`; here it becomes one line
+on stderr and an exit code: 2 usage/config, 1 runtime (data, checkpoint), 3 divergence,
+130/143 interrupted. ``--debug`` re-raises for a full traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mlplab import __version__
+from mlplab.errors import MlplabError
+
+#: subcommand modules, in the order ``mlplab --help`` lists them
+COMMANDS = ("train", "evaluate", "report", "compare", "gradcheck", "presets", "hessian", "gradflow", "sweep")
+
+
+class Interrupted(Exception):
+    """Raised by the signal handlers that training installs (SIGINT -> 130, SIGTERM -> 143)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error (for bug reports)")
+    parser = argparse.ArgumentParser(
+        prog="mlplab",
+        description="Multilayer perceptrons from first principles: train, evaluate, compare and inspect.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"mlplab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"mlplab.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name != f"mlplab.commands.{name}":
+                raise
+            continue
+        module.register(subparsers, [common])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    prog = f"mlplab {args.command}"
+    try:
+        code = args.run(args)
+        return 0 if code is None else int(code)
+    except MlplabError as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mlplab ... | head`
+        return 0

@@ -1,0 +1,1 @@
+"""One module per ``mlplab`` subcommand (see :mod:`mlplab.cli`)."""

@@ -1,0 +1,34 @@
+"""``mlplab gradcheck``: every module and small MLPs against central finite differences."""
+
+from __future__ import annotations
+
+from mlplab.gradcheck import DEFAULT_TOLERANCE
+
+
+def register(subparsers, parents) -> None:
+    parser = subparsers.add_parser(
+        "gradcheck", parents=parents, help="check every backward pass against finite differences",
+        description="Check every module's input and parameter gradients, and small MLPs with each option, "
+        "against central finite differences in float64. Exits 1 if any check fails.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights (default 0)")
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOLERANCE, help=f"largest relative error that passes (default {DEFAULT_TOLERANCE:g})")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from mlplab.gradcheck import run_all
+
+    if not args.tol > 0:
+        from mlplab.errors import ConfigError
+
+        raise ConfigError(f"--tol must be positive, got {args.tol}")
+    results = run_all(seed=args.seed, tol=args.tol)
+    width_m = max(len(r.module) for r in results)
+    width_q = max(len(r.quantity) for r in results)
+    print(f"{'module':<{width_m}}  {'quantity':<{width_q}}  {'max rel. error':>14}  result")
+    for r in results:
+        print(f"{r.module:<{width_m}}  {r.quantity:<{width_q}}  {r.max_relative_error:>14.2e}  {'pass' if r.passed else 'FAIL'}")
+    failed = sum(not r.passed for r in results)
+    print(f"\n{len(results) - failed} passed, {failed} failed (tolerance {args.tol:g}, float64 central differences)")
+    return 1 if failed else 0

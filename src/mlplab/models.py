@@ -1,0 +1,137 @@
+"""The NumPy multilayer perceptron."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+
+from mlplab.nn import BatchNorm1d, Dropout, Linear, Module, Residual, Sequential, make_activation, softmax
+from mlplab.nn.activations import ACTIVATIONS
+from mlplab.nn.linear import as_positive_int
+
+
+def hidden_widths(n_hidden, owner: str = "MLP") -> list[int]:
+    """``n_hidden`` (an int, or a sequence of ints, possibly empty) as a list of positive ints."""
+    if isinstance(n_hidden, (numbers.Integral, np.integer)) and not isinstance(n_hidden, bool):
+        n_hidden = [n_hidden]
+    if not isinstance(n_hidden, Iterable) or isinstance(n_hidden, (str, bytes)):
+        raise ValueError(f"{owner}: n_hidden must be a list of positive integers, got {n_hidden!r}")
+    return [as_positive_int(width, "each hidden width", owner) for width in n_hidden]
+
+
+def as_seed_sequence(seed) -> np.random.SeedSequence:
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return np.random.SeedSequence(None if seed is None else int(seed))
+
+
+class MLP(Module):
+    """Multilayer perceptron: [Linear → (BatchNorm1d) → activation → (Dropout)] for each hidden
+    width, then Linear to the classes. x: (batch, n_inputs) -> logits (batch, n_classes).
+
+    The first Linear uses the input-layer init (std sqrt(1/in)); the others sqrt(2/in). An empty
+    ``n_hidden`` gives softmax regression. With ``residual=True`` every hidden block whose input
+    and output widths are equal is wrapped in :class:`~mlplab.nn.Residual`. ``seed`` (an int or a
+    ``SeedSequence``) fixes the initial weights and the dropout masks, from independent streams.
+    Parameter names follow ``mlplab.torch.MLP``'s ``state_dict()`` (``layers.0.weight``, …).
+    """
+
+    def __init__(
+        self,
+        n_inputs,
+        n_hidden,
+        n_classes,
+        *,
+        activation: str = "elu",
+        use_batch_norm: bool = False,
+        dropout: float = 0.0,
+        residual: bool = False,
+        dtype=np.float64,
+        seed=None,
+    ):
+        super().__init__()
+        self.n_inputs = as_positive_int(n_inputs, "n_inputs", "MLP")
+        self.n_hidden = hidden_widths(n_hidden)
+        self.n_classes = as_positive_int(n_classes, "n_classes", "MLP")
+        if str(activation).lower().replace("-", "_") not in ACTIVATIONS:
+            raise ValueError(f"MLP: unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout!r}")
+        self.activation = str(activation).lower().replace("-", "_")
+        self.use_batch_norm = bool(use_batch_norm)
+        self.dropout = float(dropout)
+        self.residual = bool(residual)
+        self.dtype = np.dtype(dtype)
+        init_seq, dropout_seq = as_seed_sequence(seed).spawn(2)
+        init_rng = np.random.default_rng(init_seq)
+        self.dropout_rng = np.random.default_rng(dropout_seq)
+
+        layers: list[Module] = []
+        width = self.n_inputs
+        for index, hidden in enumerate(self.n_hidden):
+            block: list[Module] = [Linear(width, hidden, input_layer=index == 0, dtype=self.dtype, rng=init_rng)]
+            if self.use_batch_norm:
+                block.append(BatchNorm1d(hidden, dtype=self.dtype))
+            block.append(make_activation(self.activation))
+            if self.dropout > 0:
+                block.append(Dropout(self.dropout, rng=self.dropout_rng))
+            if self.residual and width == hidden:
+                layers.append(Residual(Sequential(*block)))
+            else:
+                layers.extend(block)
+            width = hidden
+        layers.append(Linear(width, self.n_classes, input_layer=not self.n_hidden, dtype=self.dtype, rng=init_rng))
+        self.add_module("layers", Sequential(*layers))
+
+    @property
+    def layers(self) -> Sequential:
+        return self._children["layers"]
+
+    def config(self) -> dict:
+        """The constructor arguments (without seed), enough to rebuild the architecture."""
+        return {
+            "n_inputs": self.n_inputs,
+            "n_hidden": list(self.n_hidden),
+            "n_classes": self.n_classes,
+            "activation": self.activation,
+            "use_batch_norm": self.use_batch_norm,
+            "dropout": self.dropout,
+            "residual": self.residual,
+        }
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (batch, n_inputs) -> logits (batch, n_classes)."""
+        return self.layers.forward(x)
+
+    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """dlogits: (batch, n_classes); fills every ``grads`` and returns dL/dx (batch, n_inputs),
+        or None with ``need_input_grad=False`` (saves the first layer's largest product)."""
+        return self.layers.backward(dlogits, need_input_grad=need_input_grad)
+
+    def predict_logits(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Logits in eval mode, computed ``batch_size`` rows at a time; the mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = np.empty((x.shape[0], self.n_classes), dtype=np.result_type(x.dtype, self.dtype))
+            for start in range(0, x.shape[0], batch_size):
+                out[start : start + batch_size] = self.forward(x[start : start + batch_size])
+        finally:
+            self.clear_cache()
+            self.train(was_training)
+        return out
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities (batch, n_classes), in eval mode."""
+        return softmax(self.predict_logits(x, batch_size))
+
+    def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Predicted class indices (batch,), in eval mode."""
+        return np.argmax(self.predict_logits(x, batch_size), axis=1)
+
+    def extra_repr(self) -> str:
+        return f"{self.n_inputs} -> {self.n_hidden} -> {self.n_classes}, activation={self.activation!r}"

@@ -1,0 +1,191 @@
+"""Element-wise activations and the row-wise softmax (docs/backprop.md, "Activations").
+
+An element-wise activation y = h(x) has the backward pass dx = dout ⊙ h'(x). Each class keeps
+the cheapest cache that gives h'(x) and evaluates exponentials only where they cannot overflow,
+so no input (even |x| = 1000) raises a floating-point warning.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from mlplab.nn.base import Module, check_2d, check_dout, require_cache
+
+
+def _check_input(module: Module, x: np.ndarray) -> None:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{type(module).__name__}: input must be a NumPy array, got {type(x).__name__}")
+
+
+def _finite_number(value, name: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+class _Elementwise(Module):
+    """Shared backward for activations whose derivative is cached by forward as ``dydx``."""
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dydx = require_cache(self, "dydx")
+        check_dout(self, dout, dydx.shape)
+        return dout * dydx
+
+
+class ELU(_Elementwise):
+    """ELU: h(x) = x for x > 0, alpha (eᕽ − 1) otherwise; h'(x) = 1 or h(x) + alpha."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = _finite_number(alpha, "alpha", "ELU")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check_input(self, x)
+        positive = x > 0
+        # expm1 only of min(x, 0): no overflow for large positive x, full precision near 0.
+        negative_part = np.expm1(np.minimum(x, 0))
+        negative_part *= self.alpha
+        out = np.where(positive, x, negative_part)
+        # On the negative side h'(x) = alpha eᕽ = h(x) + alpha, so the exponential is reused.
+        negative_part += self.alpha
+        self.cache["dydx"] = np.where(positive, np.ones((), dtype=out.dtype), negative_part)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class ReLU(_Elementwise):
+    """ReLU: h(x) = max(x, 0); h'(x) = 1 for x > 0, else 0."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check_input(self, x)
+        self.cache["dydx"] = (x > 0).astype(x.dtype)
+        return np.maximum(x, 0)
+
+
+class LeakyReLU(_Elementwise):
+    """LeakyReLU: h(x) = x for x > 0, negative_slope·x otherwise."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = _finite_number(negative_slope, "negative_slope", "LeakyReLU")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check_input(self, x)
+        dydx = np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype, copy=False)
+        self.cache["dydx"] = dydx
+        return x * dydx
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(_Elementwise):
+    """Tanh: h'(x) = 1 − tanh²(x)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check_input(self, x)
+        out = np.tanh(x)
+        self.cache["dydx"] = 1 - out * out
+        return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # e = exp(-|x|) <= 1 never overflows; σ(x) = 1/(1+e) for x >= 0 and e/(1+e) for x < 0.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1, e) / (1 + e)
+
+
+class Sigmoid(_Elementwise):
+    """Logistic sigmoid σ(x) = 1/(1 + e⁻ᕽ); h'(x) = σ(x)(1 − σ(x))."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check_input(self, x)
+        out = _sigmoid(x).astype(x.dtype, copy=False)
+        self.cache["dydx"] = out * (1 - out)
+        return out
+
+
+class GELU(_Elementwise):
+    """GELU, by default in its tanh form (PyTorch's ``GELU(approximate='tanh')``).
+
+    tanh form: h(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³).
+    ``approximate='none'``: the exact h(x) = xΦ(x) with the normal CDF Φ (needs SciPy for erf).
+    """
+
+    _C = np.sqrt(2.0 / np.pi)
+    _K = 0.044715
+
+    def __init__(self, approximate: str = "tanh"):
+        super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check_input(self, x)
+        if self.approximate == "tanh":
+            t = np.tanh(self._C * (x + self._K * x**3))
+            out = 0.5 * x * (1 + t)
+            dydx = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * self._C * (1 + 3 * self._K * x * x)
+        else:
+            try:
+                from scipy.special import erf
+            except ImportError:  # pragma: no cover - scipy is a dev extra
+                raise ImportError("GELU(approximate='none') needs SciPy for erf: pip install scipy") from None
+            cdf = 0.5 * (1 + erf(x / np.sqrt(2.0)))
+            pdf = np.exp(-0.5 * np.minimum(x * x, 1e4)) / np.sqrt(2 * np.pi)
+            out = x * cdf
+            dydx = cdf + x * pdf
+        self.cache["dydx"] = dydx.astype(x.dtype, copy=False)
+        return out.astype(x.dtype, copy=False)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class Softmax(Module):
+    """Row-wise softmax. x: (batch, classes) -> probabilities of the same shape.
+
+    Backward (Jacobian-vector product of y = softmax(x)): dx = y ⊙ (dout − rowsum(dout ⊙ y)).
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_2d(self, x)
+        out = softmax(x)
+        self.cache["y"] = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        y = require_cache(self, "y")
+        check_dout(self, dout, y.shape)
+        return y * (dout - np.sum(dout * y, axis=1, keepdims=True))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (batch, classes) scores, shifted by the row maximum (no overflow)."""
+    shifted = x - np.max(x, axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= np.sum(shifted, axis=1, keepdims=True)
+    return shifted
+
+
+ACTIVATIONS = {
+    "elu": ELU,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "tanh": Tanh,
+    "sigmoid": Sigmoid,
+    "gelu": GELU,
+}
+
+
+def make_activation(name: str) -> Module:
+    """An activation module by name (elu, relu, leaky_relu, tanh, sigmoid, gelu)."""
+    key = str(name).lower().replace("-", "_")
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[key]()

@@ -1,0 +1,162 @@
+"""The base class of every NumPy module.
+
+A module's ``forward(x)`` returns its output and keeps in ``self.cache`` what its backward pass
+needs; ``backward(dout)`` returns dL/dx and *overwrites* the arrays in ``self.grads`` (it never
+accumulates), writing into them in place so that an optimiser holding references to them sees
+the new values. ``params`` and ``grads`` share keys and shapes. Buffers (batch-norm running
+statistics) live in ``buffers`` and are saved with the parameters, but receive no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class Module:
+    """Base class: parameters, buffers, child modules, train/eval mode and the state dict."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.cache: dict[str, object] = {}
+        self.training = True
+        self._children: dict[str, Module] = {}
+
+    # -- the two passes -------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    # -- structure ----------------------------------------------------------------------
+    def add_module(self, name: str, module: Module) -> None:
+        """Register ``module`` as a child named ``name`` (used in state-dict keys)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: child {name!r} is a {type(module).__name__}, not a Module")
+        self._children[name] = module
+
+    def children(self) -> Iterator[Module]:
+        yield from self._children.values()
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """Yield ``(dotted name, module)`` for this module and every descendant, depth first."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(dotted name, param, grad)`` for every parameter, in registration order."""
+        for module_name, module in self.named_modules(prefix):
+            for key, param in module.params.items():
+                yield (f"{module_name}.{key}" if module_name else key), param, module.grads[key]
+
+    def parameters(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(param, grad)`` array pairs, the form the optimisers take."""
+        for _, param, grad in self.named_parameters():
+            yield param, grad
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p, _ in self.parameters()))
+
+    # -- modes and caches ---------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for _, module in self.named_modules():
+            module.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def clear_cache(self) -> None:
+        """Drop every cached array, so the module can be copied or pickled small."""
+        for _, module in self.named_modules():
+            module.cache = {}
+
+    def zero_grad(self) -> None:
+        for _, _, grad in self.named_parameters():
+            grad.fill(0)
+
+    # -- state dict ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed like PyTorch's ``state_dict()``."""
+        state: dict[str, np.ndarray] = {}
+        for module_name, module in self.named_modules():
+            for key, value in (*module.params.items(), *module.buffers.items()):
+                state[f"{module_name}.{key}" if module_name else key] = np.array(value, copy=True)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy ``state`` into the existing arrays (in place, so optimiser references stay valid).
+
+        With ``strict`` every key must match and no key may be extra; shapes must always match.
+        """
+        targets: dict[str, np.ndarray] = {}
+        for module_name, module in self.named_modules():
+            for key, value in (*module.params.items(), *module.buffers.items()):
+                targets[f"{module_name}.{key}" if module_name else key] = value
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        for key, target in targets.items():
+            if key not in state:
+                continue
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {key} has shape {value.shape}, "
+                    f"the model expects {target.shape}"
+                )
+            target[...] = value
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._children:
+            for name, child in self._children.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"\n  ({name}): {child_repr}")
+            lines.append("\n")
+        lines.append(")")
+        return "".join(lines)
+
+
+def check_2d(module: Module, x: np.ndarray, features: int | None = None, what: str = "input") -> None:
+    """Raise a ValueError naming ``module`` unless ``x`` is (batch, features) with batch >= 1."""
+    name = type(module).__name__
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name}: {what} must be a NumPy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: {what} must be 2-D (batch, features), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: {what} has an empty batch, shape {x.shape}")
+    if features is not None and x.shape[1] != features:
+        raise ValueError(f"{name}: {what} has {x.shape[1]} features, expected {features} (shape {x.shape})")
+
+
+def check_dout(module: Module, dout: np.ndarray, expected_shape: tuple[int, ...]) -> None:
+    """Raise a ValueError naming ``module`` unless ``dout`` has the shape of the forward output."""
+    if getattr(dout, "shape", None) != tuple(expected_shape):
+        raise ValueError(
+            f"{type(module).__name__}.backward: dout has shape {getattr(dout, 'shape', None)}, "
+            f"the forward output had shape {tuple(expected_shape)}"
+        )
+
+
+def require_cache(module: Module, key: str) -> object:
+    """The cached value ``key``, or a clear error when backward is called before forward."""
+    try:
+        return module.cache[key]
+    except KeyError:
+        raise RuntimeError(f"{type(module).__name__}.backward called before forward (no cached {key!r})") from None

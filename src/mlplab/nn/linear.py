@@ -1,0 +1,70 @@
+"""The fully connected layer Y = X Wᵀ + b (derivation: docs/backprop.md, "Linear")."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from mlplab.nn.base import Module, check_2d, check_dout, require_cache
+
+
+def as_positive_int(value, name: str, owner: str) -> int:
+    """``value`` as a Python int if it is a positive integer (NumPy integers included)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def as_generator(rng) -> np.random.Generator:
+    """A Generator from None, a seed or a Generator."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+class Linear(Module):
+    """Fully connected layer.
+
+    x: (batch, in_features) -> (batch, out_features). ``params['weight']``: (out, in),
+    ``params['bias']``: (out,). Kaiming-normal weights with std sqrt(2/in), or sqrt(1/in) for
+    the input layer (whose inputs are not the output of a rectifier); zero bias.
+    """
+
+    def __init__(self, in_features, out_features, input_layer: bool = False, *, dtype=np.float64, rng=None):
+        super().__init__()
+        self.in_features = as_positive_int(in_features, "in_features", "Linear")
+        self.out_features = as_positive_int(out_features, "out_features", "Linear")
+        self.input_layer = bool(input_layer)
+        self.dtype = np.dtype(dtype)
+        generator = as_generator(rng)
+        std = np.sqrt((1.0 if self.input_layer else 2.0) / self.in_features)
+        weight = generator.standard_normal((self.out_features, self.in_features)) * std
+        self.params = {
+            "weight": weight.astype(self.dtype),
+            "bias": np.zeros(self.out_features, dtype=self.dtype),
+        }
+        self.grads = {key: np.zeros_like(value) for key, value in self.params.items()}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_2d(self, x, self.in_features)
+        weight, bias = self.params["weight"], self.params["bias"]
+        out = x @ weight.T  # BLAS reads the transpose in place; no copy of W is made
+        out += bias
+        self.cache["x"] = x
+        return out
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """dW = doutᵀ x, db = 1ᵀ dout, dx = dout W. With ``need_input_grad=False`` dx is skipped."""
+        x = require_cache(self, "x")
+        check_dout(self, dout, (x.shape[0], self.out_features))
+        np.matmul(dout.T, x, out=self.grads["weight"])
+        np.sum(dout, axis=0, out=self.grads["bias"])
+        if not need_input_grad:
+            return None
+        return dout @ self.params["weight"]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, input_layer={self.input_layer}"

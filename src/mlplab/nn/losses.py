@@ -1,0 +1,138 @@
+"""Losses (docs/backprop.md, "Softmax and cross-entropy").
+
+Both losses are means over the batch. Labels are integer class indices of shape (batch,) or
+target distributions of shape (batch, classes) (one-hot rows, or smoothed ones). Their backward
+passes are stateless: they take the same arguments as forward and keep nothing between calls.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from mlplab.nn.base import Module, check_2d
+
+
+def _targets(module: Module, labels, num_classes: int, batch: int, dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Validate ``labels``; return (indices, None) for class indices or (None, distribution)."""
+    name = type(module).__name__
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        if labels.shape[0] != batch:
+            raise ValueError(f"{name}: {labels.shape[0]} labels for a batch of {batch} (scores of shape ({batch}, {num_classes}))")
+        if not np.issubdtype(labels.dtype, np.integer):
+            if labels.size and np.any(labels != np.round(labels)):
+                raise ValueError(f"{name}: class labels must be integers, got dtype {labels.dtype}")
+            labels = labels.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"{name}: labels must lie in [0, {num_classes}) for scores of shape ({batch}, {num_classes}); "
+                f"got values from {labels.min()} to {labels.max()}"
+            )
+        return labels, None
+    if labels.ndim == 2:
+        if labels.shape != (batch, num_classes):
+            raise ValueError(f"{name}: one-hot labels have shape {labels.shape}, expected ({batch}, {num_classes})")
+        return None, labels.astype(dtype, copy=False)
+    raise ValueError(f"{name}: labels must have shape ({batch},) or ({batch}, {num_classes}), got {labels.shape}")
+
+
+class CrossEntropy(Module):
+    """Cross-entropy of probabilities: L = mean over the batch of −Σ_c t_c log p_c.
+
+    probs: (batch, classes), labels: (batch,) ints or (batch, classes) targets. Probabilities
+    are clipped to [eps, 1] inside the log, so p = 0 gives a large but finite loss and gradient.
+    """
+
+    def __init__(self, eps: float = 1e-12):
+        super().__init__()
+        self.eps = float(eps)
+
+    def forward(self, probs: np.ndarray, labels) -> float:
+        check_2d(self, probs, what="probs")
+        batch, classes = probs.shape
+        index, dist = _targets(self, labels, classes, batch, probs.dtype)
+        clipped = np.clip(probs, self.eps, 1.0)
+        if index is not None:
+            return float(-np.mean(np.log(clipped[np.arange(batch), index])))
+        return float(-np.sum(dist * np.log(clipped)) / batch)
+
+    def backward(self, probs: np.ndarray, labels) -> np.ndarray:
+        """dL/dprobs = −t / (S · clip(p)), zero where the target is zero."""
+        check_2d(self, probs, what="probs")
+        batch, classes = probs.shape
+        index, dist = _targets(self, labels, classes, batch, probs.dtype)
+        clipped = np.clip(probs, self.eps, 1.0)
+        grad = np.zeros_like(probs)
+        if index is not None:
+            rows = np.arange(batch)
+            grad[rows, index] = -1.0 / (batch * clipped[rows, index])
+        else:
+            grad = -dist / (batch * clipped)
+        return grad
+
+
+class SoftmaxCrossEntropy(Module):
+    """Softmax followed by cross-entropy, fused and stable on logits.
+
+    L = mean over the batch of (logsumexp(z) − Σ_c t_c z_c); dL/dz = (softmax(z) − t) / S, where
+    t is the one-hot (or given, or smoothed) target. ``label_smoothing`` ε replaces the target t
+    with (1 − ε) t + ε/C, exactly as ``torch.nn.CrossEntropyLoss(label_smoothing=ε)``.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _prepare(self, logits, labels):
+        check_2d(self, logits, what="logits")
+        batch, classes = logits.shape
+        index, dist = _targets(self, labels, classes, batch, logits.dtype)
+        shifted = logits - np.max(logits, axis=1, keepdims=True)
+        # log-sum-exp of the max-shifted logits: every exponent is <= 0, the sum is >= 1.
+        lse = np.log(np.sum(np.exp(shifted), axis=1))
+        return batch, classes, index, dist, shifted, lse
+
+    def _loss(self, batch, classes, index, dist, shifted, lse) -> float:
+        eps = self.label_smoothing
+        if index is not None:
+            target_term = shifted[np.arange(batch), index]
+        else:
+            target_term = np.sum(dist * shifted, axis=1)
+        nll = lse - target_term
+        if eps:
+            # −Σ_c (ε/C) log p_c = lse − mean_c(shifted_c)
+            smooth = lse - np.mean(shifted, axis=1)
+            nll = (1 - eps) * nll + eps * smooth
+        return float(np.mean(nll))
+
+    def _grad(self, batch, classes, index, dist, shifted, lse) -> np.ndarray:
+        eps = self.label_smoothing
+        grad = np.exp(shifted - lse[:, None])  # softmax, reusing the log-sum-exp
+        if index is not None:
+            grad[np.arange(batch), index] -= 1 - eps
+        else:
+            grad -= (1 - eps) * dist
+        if eps:
+            grad -= eps / classes
+        grad /= batch
+        return grad
+
+    def forward(self, logits: np.ndarray, labels) -> float:
+        """logits: (batch, classes); labels: (batch,) ints or (batch, classes). Returns the mean loss."""
+        return self._loss(*self._prepare(logits, labels))
+
+    def backward(self, logits: np.ndarray, labels) -> np.ndarray:
+        """dL/dlogits = (softmax(logits) − target) / batch, shape (batch, classes)."""
+        return self._grad(*self._prepare(logits, labels))
+
+    def forward_backward(self, logits: np.ndarray, labels) -> tuple[float, np.ndarray]:
+        """Loss and dL/dlogits from one softmax pass (what the training step uses)."""
+        prepared = self._prepare(logits, labels)
+        return self._loss(*prepared), self._grad(*prepared)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""

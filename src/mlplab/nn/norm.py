@@ -1,0 +1,122 @@
+"""Batch normalisation and dropout (docs/backprop.md, "Batch normalisation")."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from mlplab.nn.base import Module, check_2d, check_dout, require_cache
+from mlplab.nn.linear import as_generator, as_positive_int
+
+
+class BatchNorm1d(Module):
+    """Batch normalisation over the batch axis, with the semantics of ``torch.nn.BatchNorm1d``.
+
+    x: (batch, num_features). Train mode normalises with the batch mean and the biased batch
+    variance and updates the running statistics with ``momentum`` (the running variance takes
+    the unbiased batch variance); eval mode normalises with the running statistics.
+    Params ``weight`` (γ, ones) and ``bias`` (β, zeros); buffers ``running_mean``,
+    ``running_var`` and ``num_batches_tracked``.
+    """
+
+    def __init__(self, num_features, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float64):
+        super().__init__()
+        self.num_features = as_positive_int(num_features, "num_features", "BatchNorm1d")
+        if not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"BatchNorm1d: eps must be positive, got {eps!r}")
+        if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm1d: momentum must be in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.dtype = np.dtype(dtype)
+        n = self.num_features
+        self.params = {"weight": np.ones(n, dtype=self.dtype), "bias": np.zeros(n, dtype=self.dtype)}
+        self.grads = {key: np.zeros_like(value) for key, value in self.params.items()}
+        self.buffers = {
+            "running_mean": np.zeros(n, dtype=self.dtype),
+            "running_var": np.ones(n, dtype=self.dtype),
+            "num_batches_tracked": np.zeros((), dtype=np.int64),
+        }
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_2d(self, x, self.num_features)
+        gamma, beta = self.params["weight"], self.params["bias"]
+        if self.training:
+            batch = x.shape[0]
+            if batch < 2:
+                raise ValueError(
+                    f"BatchNorm1d: a batch of {batch} in train mode has no variance (input shape {x.shape}); "
+                    "use a batch of at least 2 or eval mode"
+                )
+            mean = x.mean(axis=0)
+            centred = x - mean
+            var = np.mean(centred * centred, axis=0)
+            inv_std = 1.0 / np.sqrt(var + self.eps)
+            m = self.momentum
+            self.buffers["running_mean"] *= 1 - m
+            self.buffers["running_mean"] += m * mean
+            self.buffers["running_var"] *= 1 - m
+            self.buffers["running_var"] += m * var * (batch / (batch - 1))
+            self.buffers["num_batches_tracked"] += 1
+        else:
+            centred = x - self.buffers["running_mean"]
+            inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+        xhat = centred * inv_std
+        self.cache.update(xhat=xhat, inv_std=inv_std, training=self.training)
+        return xhat * gamma + beta
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Train mode: dx = (γ/σ)/S · (S·dout − Σdout − x̂ Σ(dout ⊙ x̂)); eval mode: dx = dout γ/σ."""
+        xhat = require_cache(self, "xhat")
+        inv_std, training = self.cache["inv_std"], self.cache["training"]
+        check_dout(self, dout, xhat.shape)
+        gamma = self.params["weight"]
+        np.sum(dout * xhat, axis=0, out=self.grads["weight"])
+        np.sum(dout, axis=0, out=self.grads["bias"])
+        scale = gamma * inv_std
+        if not training:
+            return dout * scale
+        batch = dout.shape[0]
+        # The batch statistics depend on every row, which adds the two mean-subtracting terms.
+        return (scale / batch) * (batch * dout - self.grads["bias"] - xhat * self.grads["weight"])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class Dropout(Module):
+    """Inverted dropout: in train mode each element is zeroed with probability p and the
+    survivors are scaled by 1/(1 − p), so eval mode is the identity. Has its own Generator."""
+
+    def __init__(self, p: float = 0.5, *, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.rng = as_generator(rng)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"Dropout: input must be a NumPy array, got {type(x).__name__}")
+        if not self.training or self.p == 0:
+            self.cache["mask"] = None
+            self.cache["shape"] = x.shape
+            return x
+        if self.p == 1:
+            mask = np.zeros_like(x)
+        else:
+            keep = self.rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= self.p
+            mask = keep.astype(x.dtype) / np.asarray(1 - self.p, dtype=x.dtype)
+        self.cache["mask"] = mask
+        self.cache["shape"] = x.shape
+        return x * mask
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        shape = require_cache(self, "shape")
+        check_dout(self, dout, shape)
+        mask = self.cache["mask"]
+        return dout if mask is None else dout * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
