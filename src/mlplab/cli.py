@@ -12,20 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from mlplab import __version__
-from mlplab.errors import MlplabError
+from mlplab.errors import MlplabError, TrainingInterrupted
 
 #: subcommand modules, in the order ``mlplab --help`` lists them
 COMMANDS = ("train", "evaluate", "report", "compare", "gradcheck", "presets", "hessian", "gradflow", "sweep")
-
-
-class Interrupted(Exception):
-    """Raised by the signal handlers that training installs (SIGINT -> 130, SIGTERM -> 143)."""
-
-    def __init__(self, exit_code: int):
-        super().__init__(exit_code)
-        self.exit_code = exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,15 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"mlplab {args.command}"
+    # Warnings (a data set whose checksum differs, say) as one line each, not a source excerpt.
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"{prog}: warning: {message}\n"
     try:
         code = args.run(args)
         return 0 if code is None else int(code)
+    except TrainingInterrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except MlplabError as exc:
         if args.debug:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Interrupted as exc:
         return exc.exit_code
     except KeyboardInterrupt:
         if args.debug:

@@ -37,3 +37,11 @@ class MissingDependencyError(MlplabError):
     """An optional dependency (an extra) is needed but not installed (exit code 1)."""
 
     exit_code = 1
+
+
+class TrainingInterrupted(MlplabError):
+    """Training stopped by SIGINT (exit code 130) or SIGTERM (143) after saving a resumable state."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,292 @@
+"""The training options as one validated dataclass, config files (TOML/JSON) and presets.
+
+Precedence, lowest first: the dataclass defaults (the reference setup), a ``--preset``, a
+``--config`` file, then options given explicitly (command-line flags or keyword arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from mlplab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ACTIVATIONS = ("elu", "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+BACKENDS = ("numpy", "torch")
+DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+NORMALIZATIONS = ("published", "train")
+
+#: options that fix the model's architecture: a resumed run may not change them
+MODEL_OPTIONS = ("hidden_dims", "activation", "use_batch_norm", "dropout", "residual", "dataset", "dtype", "backend")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``mlplab train``; the defaults are the reference setup."""
+
+    # data
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    validation_size: int | None = None  # None: the data set's own (5,000 for CIFAR-10 and MNIST)
+    split_seed: int = 42
+    normalization: str = "published"
+    augment: bool = False
+    # model
+    hidden_dims: list[int] = field(default_factory=lambda: [128])
+    activation: str = "elu"
+    use_batch_norm: bool = False
+    dropout: float = 0.0
+    residual: bool = False
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    step_epochs: int | None = None
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    batch_size: int = 128
+    epochs: int = 10
+    early_stopping: int | None = None
+    seed: int = 42
+    # evaluation
+    tta_flip: bool = False
+    # execution
+    backend: str = "numpy"
+    device: str = "auto"
+    dtype: str = "float32"
+    nproc: int = 1
+    # output
+    out: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    report: bool = True
+    track_gradients: int | None = None
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_options(cls, options: dict, *, source: str = "option") -> TrainConfig:
+        """A config from a dict of options (unknown keys are refused, naming them)."""
+        return cls().updated(options, source=source)
+
+    def updated(self, options: dict, *, source: str = "option") -> TrainConfig:
+        """A copy with ``options`` applied (keys may use dashes or underscores)."""
+        known = set(self.field_names())
+        values = dataclasses.asdict(self)
+        for key, value in options.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown {source} {key!r}; known options: {', '.join(sorted(known))}")
+            values[name] = value
+        return TrainConfig(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def short_name(self) -> str:
+        """A short description for run-folder names, e.g. ``cifar10-numpy-h128-sgd-lr0.1``."""
+        widths = "x".join(str(w) for w in self.hidden_dims) or "linear"
+        return f"{self.dataset}-{self.backend}-h{widths}-{self.optimizer}-lr{self.lr:g}"
+
+    # -- validation --------------------------------------------------------------------
+    def validated(self) -> TrainConfig:
+        """A normalised copy, or ConfigError naming the first bad option (as ``--option``)."""
+        c = dataclasses.replace(self, hidden_dims=list(self.hidden_dims) if _is_sequence(self.hidden_dims) else self.hidden_dims)
+        c.dataset = _choice(c.dataset, "dataset", None)
+        c.activation = _choice(c.activation, "activation", ACTIVATIONS)
+        c.optimizer = _choice(c.optimizer, "optimizer", OPTIMIZERS)
+        c.schedule = _choice(c.schedule, "schedule", SCHEDULES)
+        c.backend = _choice(c.backend, "backend", BACKENDS)
+        c.device = _choice(c.device, "device", DEVICES)
+        c.dtype = _choice(c.dtype, "dtype", DTYPES)
+        c.normalization = _choice(c.normalization, "normalization", NORMALIZATIONS)
+        c.hidden_dims = _widths(c.hidden_dims)
+        c.lr = _number(c.lr, "lr", positive=True)
+        c.momentum = _number(c.momentum, "momentum", low=0.0)
+        c.weight_decay = _number(c.weight_decay, "weight_decay", low=0.0)
+        c.warmup_epochs = _number(c.warmup_epochs, "warmup_epochs", low=0.0)
+        c.min_lr = _number(c.min_lr, "min_lr", low=0.0)
+        c.gamma = _number(c.gamma, "gamma", positive=True)
+        c.dropout = _number(c.dropout, "dropout", low=0.0, below=1.0)
+        c.label_smoothing = _number(c.label_smoothing, "label_smoothing", low=0.0, below=1.0)
+        c.batch_size = _integer(c.batch_size, "batch_size", low=1)
+        c.epochs = _integer(c.epochs, "epochs", low=1)
+        c.seed = _integer(c.seed, "seed", low=0)
+        c.split_seed = _integer(c.split_seed, "split_seed", low=0)
+        if c.validation_size is not None:
+            c.validation_size = _integer(c.validation_size, "validation_size", low=0)
+        c.nproc = _integer(c.nproc, "nproc", low=1)
+        if c.step_epochs is not None:
+            c.step_epochs = _integer(c.step_epochs, "step_epochs", low=1)
+        if c.early_stopping is not None:
+            c.early_stopping = _integer(c.early_stopping, "early_stopping", low=1)
+        if c.track_gradients is not None:
+            c.track_gradients = _integer(c.track_gradients, "track_gradients", low=1)
+        for name in ("augment", "use_batch_norm", "residual", "nesterov", "tta_flip", "overwrite", "quiet", "report"):
+            value = getattr(c, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"--{_flag(name)} must be true or false, got {value!r}")
+        if c.nesterov and (c.optimizer != "sgd" or c.momentum <= 0):
+            raise ConfigError("--nesterov needs --optimizer sgd and a --momentum above 0")
+        if c.momentum and c.optimizer != "sgd":
+            raise ConfigError(f"--momentum applies to --optimizer sgd only (got --optimizer {c.optimizer}); Adam's betas play that role")
+        if c.warmup_epochs > c.epochs:
+            raise ConfigError(f"--warmup-epochs {c.warmup_epochs:g} is longer than --epochs {c.epochs}")
+        if c.nproc > 1 and c.backend != "torch":
+            raise ConfigError("--nproc needs --backend torch (data parallelism runs on torch.distributed)")
+        if c.validation_size == 0 and c.early_stopping is not None:
+            raise ConfigError("--early-stopping needs a validation split (--validation-size above 0)")
+        if c.data_dir is not None:
+            c.data_dir = str(c.data_dir)
+        if c.out is not None:
+            c.out = str(c.out)
+        return c
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"--{_flag(name)} must be a name, got {value!r}")
+    key = value.strip().lower().replace("-", "_") if name != "dataset" else value.strip().lower()
+    if choices is not None and key not in choices:
+        raise ConfigError(f"--{_flag(name)}: unknown {name.replace('_', ' ')} {value!r} (choose from {', '.join(choices)})")
+    return key
+
+
+def _number(value, name: str, *, positive: bool = False, low: float | None = None, below: float | None = None) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and positive:
+        ok = value > 0
+    if ok and low is not None:
+        ok = value >= low
+    if ok and below is not None:
+        ok = value < below
+    if not ok:
+        if positive:
+            want = "a positive finite number"
+        elif below is not None:
+            want = f"a number in [{low:g}, {below:g})"
+        else:
+            want = f"a finite number >= {low:g}"
+        raise ConfigError(f"--{_flag(name)} must be {want}, got {value!r}")
+    return float(value)
+
+
+def _integer(value, name: str, *, low: int) -> int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok or value < low:
+        want = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"--{_flag(name)} must be {want}, got {value!r}")
+    return int(value)
+
+
+def _widths(value) -> list[int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        value = parse_widths(value)
+    if not _is_sequence(value):
+        raise ConfigError(f"--hidden-dims must be a list of positive integers, got {value!r}")
+    return [_integer(w, "hidden_dims", low=1) for w in value]
+
+
+def parse_widths(text: str) -> list[int]:
+    """``"512x256"``, ``"512,256"`` or ``"512 256"`` -> [512, 256]; ``""`` or ``"none"`` -> []."""
+    cleaned = text.strip().lower()
+    if cleaned in ("", "none", "[]"):
+        return []
+    parts = cleaned.replace("x", " ").replace(",", " ").split()
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--hidden-dims: {text!r} is not a list of integers (write e.g. 512 256 or 512x256)") from None
+
+
+# -- files and presets ---------------------------------------------------------------------
+def load_config_file(path) -> dict:
+    """The options in a TOML or JSON file (by extension; TOML otherwise), as a dict."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file {str(path)!r}") from None
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text.decode("utf-8"))
+        else:
+            data = tomllib.loads(text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: {str(path)!r} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {str(path)!r} must hold a table of options")
+    data.pop("description", None)
+    data = dict(data.get("train", data))
+    return data
+
+
+def preset_names() -> list[str]:
+    files = resources.files("mlplab.presets")
+    return sorted(p.name[: -len(".toml")] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    if name not in preset_names():
+        raise ConfigError(f"--preset: unknown preset {name!r} (choose from {', '.join(preset_names())})")
+    return resources.files("mlplab.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+def load_preset(name: str) -> dict:
+    """The options of a shipped preset (see ``mlplab presets``)."""
+    data = tomllib.loads(preset_text(name))
+    data.pop("description", None)
+    return dict(data.get("train", data))
+
+
+def preset_description(name: str) -> str:
+    data = tomllib.loads(preset_text(name))
+    return str(data.get("description", "")).strip()
+
+
+def resolve_config(*, preset: str | None = None, config_file=None, options: dict | None = None) -> TrainConfig:
+    """Defaults <- preset <- config file <- explicit options, validated."""
+    config = TrainConfig()
+    if preset:
+        config = config.updated(load_preset(preset), source=f"option in preset {preset!r}")
+    if config_file:
+        config = config.updated(load_config_file(config_file), source=f"option in {str(config_file)!r}")
+    if options:
+        config = config.updated(options)
+    return config.validated()

@@ -1,0 +1,1 @@
+"""The backend-agnostic training loop, its backends, checkpoints and the run folder."""

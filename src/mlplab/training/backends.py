@@ -1,0 +1,113 @@
+"""Backends: what the training loop drives. The loop never asks which framework runs.
+
+A backend owns a model and its optimiser and offers:
+
+- ``train_step(x, y, lr) -> (mean loss, correct count)`` on one batch (x float32/64 (B, D), y int64 (B,));
+- ``predict_logits(x) -> ndarray (N, C)`` in eval mode;
+- ``state_dict()`` / ``load_state_dict(state)``: model weights and buffers as NumPy arrays, with
+  the same names on every backend (``layers.0.weight``, ...);
+- ``optimizer_state()`` / ``load_optimizer_state(state)``: :meth:`mlplab.optim.Optimizer.state_dict` form;
+- ``rng_state()`` / ``load_rng_state(state)``: JSON-able state of the backend's own generators (dropout);
+- ``model_config()``: the MLP's constructor arguments; ``numpy_model()``: the current weights as a NumPy MLP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlplab.config import TrainConfig
+from mlplab.errors import ConfigError, MissingDependencyError
+from mlplab.models import MLP
+from mlplab.nn import SoftmaxCrossEntropy
+from mlplab.optim import SGD, Adam, AdamW, Optimizer
+
+
+def make_optimizer(config: TrainConfig, params) -> Optimizer:
+    """The NumPy optimiser ``config`` asks for, over ``(param, grad)`` pairs."""
+    if config.optimizer == "sgd":
+        return SGD(params, config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return Adam(params, config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return AdamW(params, config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}")  # pragma: no cover - validated earlier
+
+
+def build_model(config: TrainConfig, n_inputs: int, n_classes: int, seed, dtype=None) -> MLP:
+    """The NumPy MLP of ``config`` with its initial weights drawn from ``seed`` (a SeedSequence)."""
+    dtype = dtype or (np.float64 if config.dtype == "float64" else np.float32)
+    return MLP(
+        n_inputs, config.hidden_dims, n_classes, activation=config.activation, use_batch_norm=config.use_batch_norm,
+        dropout=config.dropout, residual=config.residual, dtype=dtype, seed=seed,
+    )
+
+
+class NumpyBackend:
+    """The NumPy MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser."""
+
+    name = "numpy"
+
+    def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
+        self.config = config
+        self.dtype = np.dtype(np.float64 if config.dtype == "float64" else np.float32)
+        self.model = build_model(config, n_inputs, n_classes, seed, self.dtype)
+        self.loss = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.device = "cpu"
+
+    def model_config(self) -> dict:
+        return self.model.config()
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        model = self.model
+        model.train()
+        logits = model.forward(x)
+        loss, dlogits = self.loss.forward_backward(logits, y)
+        # The gradient with respect to the data is never used: skip the first layer's dX product.
+        model.backward(dlogits, need_input_grad=False)
+        self.optimizer.lr = lr
+        self.optimizer.step()
+        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+        return loss, correct
+
+    def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        return self.model.predict_logits(x, batch_size)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+    def optimizer_state(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def rng_state(self) -> dict:
+        return {"dropout": self.model.dropout_rng.bit_generator.state}
+
+    def load_rng_state(self, state: dict) -> None:
+        if state and "dropout" in state:
+            self.model.dropout_rng.bit_generator.state = state["dropout"]
+
+    def numpy_model(self) -> MLP:
+        return self.model
+
+
+def make_backend(config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
+    """The backend ``config.backend`` names; ``torch`` needs the ``mlplab[torch]`` extra."""
+    if config.backend == "numpy":
+        return NumpyBackend(config, n_inputs, n_classes, seed)
+    if config.backend == "torch":
+        try:
+            from mlplab.torch.backend import TorchBackend
+        except ImportError as exc:
+            if "torch" in str(getattr(exc, "name", "") or exc):
+                raise MissingDependencyError(
+                    "--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)"
+                ) from None
+            raise
+        return TorchBackend(config, n_inputs, n_classes, seed)
+    raise ConfigError(f"unknown backend {config.backend!r}")  # pragma: no cover - validated earlier

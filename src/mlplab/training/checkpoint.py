@@ -1,0 +1,175 @@
+"""Checkpoints (``.npz``) and atomic file writes.
+
+Every file a run keeps is written to a temporary file in the same folder, flushed and fsynced,
+then renamed over the target, and the folder is fsynced: a crash or ``kill -9`` at any moment
+leaves either the previous file or the new one, never a torn one.
+
+A checkpoint holds arrays under prefixes — ``model/<state-dict key>``, ``optimizer/<state key>``,
+``best/<state-dict key>`` — and one JSON document, ``__meta__``, with everything else (format
+version, model config, epoch, history, RNG states, ...). It loads without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlplab import __version__
+from mlplab.errors import CheckpointError
+
+FORMAT = "mlplab-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write, mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def write_json_atomic(path, data) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=_json_default) + "\n"), mode="w")
+
+
+def write_text_atomic(path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: ``model`` state dict, optional ``optimizer`` and ``best`` state, ``meta``."""
+
+    model: dict[str, np.ndarray]
+    meta: dict
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    best: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_checkpoint(path, *, model: dict, meta: dict, optimizer: dict | None = None, best: dict | None = None) -> None:
+    """Write a checkpoint atomically. ``model``/``optimizer``/``best`` map names to arrays."""
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, group in (("model", model), ("optimizer", optimizer or {}), ("best", best or {})):
+        for key, value in group.items():
+            arrays[f"{prefix}/{key}"] = np.asarray(value)
+    full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mlplab_version": __version__, **meta}
+    arrays["__meta__"] = np.array(json.dumps(full_meta, default=_json_default))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint, or raise CheckpointError saying what is wrong with which file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted: {exc})") from None
+    if "__meta__" not in arrays:
+        raise CheckpointError(f"{str(path)!r} is not an mlplab checkpoint (no metadata)")
+    try:
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except ValueError:
+        raise CheckpointError(f"{str(path)!r} has unreadable metadata") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an mlplab checkpoint")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} was written in checkpoint format {version} (by mlplab {meta.get('mlplab_version')}); "
+            f"this mlplab {__version__} reads format {FORMAT_VERSION}"
+        )
+    groups: dict[str, dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "best": {}}
+    for key, value in arrays.items():
+        prefix, _, name = key.partition("/")
+        if prefix in groups and name:
+            groups[prefix][name] = value
+    if not groups["model"]:
+        raise CheckpointError(f"{str(path)!r} holds no model weights")
+    return Checkpoint(groups["model"], meta, groups["optimizer"], groups["best"], path)
+
+
+def checkpoint_path(run_or_file, name: str = "best.npz") -> Path:
+    """``run_or_file`` itself if it is a file, else ``run_or_file/name`` (with a clear error)."""
+    path = Path(run_or_file)
+    if path.is_dir():
+        target = path / name
+        if not target.exists():
+            raise CheckpointError(f"run folder {str(path)!r} holds no {name}")
+        return target
+    if not path.exists():
+        raise CheckpointError(f"no run folder or checkpoint at {str(path)!r}")
+    return path
+
+
+def build_numpy_model(meta: dict, state: dict | None = None):
+    """The NumPy MLP described by a checkpoint's ``meta['model_config']`` (weights loaded if given)."""
+    from mlplab.models import MLP
+
+    config = dict(meta.get("model_config") or {})
+    if not config:
+        raise CheckpointError("checkpoint has no model configuration")
+    dtype = np.float64 if meta.get("dtype") == "float64" else np.float32
+    try:
+        model = MLP(config.pop("n_inputs"), config.pop("n_hidden"), config.pop("n_classes"), dtype=dtype, **config)
+        if state is not None:
+            model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not match the model it describes: {exc}") from None
+    return model.eval()
+
+
+def load_model(run_or_file, name: str = "best.npz"):
+    """The NumPy MLP saved in a run folder's ``best.npz`` (or a checkpoint file), in eval mode,
+    together with the checkpoint's metadata: ``(model, meta)``."""
+    checkpoint = load_checkpoint(checkpoint_path(run_or_file, name))
+    return build_numpy_model(checkpoint.meta, checkpoint.model), checkpoint.meta

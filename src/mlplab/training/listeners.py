@@ -1,0 +1,193 @@
+"""Listeners: the side effects of training, called by the loop at step and epoch boundaries."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mlplab.training.checkpoint import save_checkpoint, write_json_atomic
+from mlplab.training.run import HISTORY_COLUMNS, STEP_COLUMNS, CsvLog, truncate_csv, write_config
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """Write :meth:`Trainer.training_state` as a checkpoint (``last.npz``)."""
+    optimizer = state["optimizer"]
+    meta = dict(state["meta"])
+    meta["optimizer"] = {key: value for key, value in optimizer.items() if key != "state"}
+    save_checkpoint(path, model=state["model"], optimizer=optimizer["state"], best=state["best"], meta=meta)
+
+
+def best_meta(trainer) -> dict:
+    """The metadata saved with ``best.npz``: enough to rebuild the model and its data."""
+    return {
+        "kind": "best",
+        "config": trainer.config.to_dict(),
+        "model_config": trainer.backend.model_config(),
+        "dtype": trainer.config.dtype,
+        "backend": trainer.backend.name,
+        "dataset": trainer.data.name,
+        "class_names": list(trainer.data.class_names),
+        "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None,
+        "epoch": trainer.best_epoch,
+        "val_accuracy": trainer.best_val_accuracy,
+    }
+
+
+class ConsoleListener:
+    """A tqdm bar over each epoch's batches and one line per epoch (silent with ``quiet``)."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stdout
+        self.bar = None
+
+    def on_train_start(self, trainer) -> None:
+        if self.quiet:
+            return
+        c, d = trainer.config, trainer.data
+        widths = "-".join(str(w) for w in [d.num_features, *c.hidden_dims, d.num_classes])
+        print(
+            f"training {widths} MLP ({c.activation}) on {d.name}: {len(d.train)} train / {len(d.validation)} validation / "
+            f"{len(d.test)} test, {c.backend} backend ({getattr(trainer.backend, 'device', 'cpu')}, {c.dtype}), "
+            f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, {c.epochs} epochs, seed {c.seed}",
+            file=self.stream, flush=True,
+        )
+
+    def on_epoch_start(self, trainer) -> None:
+        if self.quiet or not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=trainer.steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {trainer.epoch + 1}",
+            leave=False, mininterval=0.25, unit="batch", dynamic_ncols=True,
+        )
+
+    def on_step(self, trainer, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if trainer.step_in_epoch % 20 == 0:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self._close_bar()
+        if self.quiet:
+            return
+        val = (
+            f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:6.2f}%"
+            if row["val_accuracy"] is not None else "no validation split"
+        )
+        mark = " *" if trainer.improved and row["val_accuracy"] is not None else ""
+        print(
+            f"epoch {row['epoch']:>3}/{trainer.config.epochs}  train loss {row['train_loss']:.4f} "
+            f"acc {100 * row['train_accuracy']:6.2f}%  {val}  lr {row['lr']:.4g}  {row['seconds']:.1f}s{mark}",
+            file=self.stream, flush=True,
+        )
+
+    def on_interrupt(self, trainer) -> None:
+        self._close_bar()
+
+    def on_diverged(self, trainer) -> None:
+        self._close_bar()
+
+    def on_train_end(self, trainer, result) -> None:
+        if self.quiet:
+            return
+        s = result.summary
+        best = f"best epoch {s['best_epoch']}" + (
+            f" (validation accuracy {100 * s['best_val_accuracy']:.2f}%)" if s["best_val_accuracy"] is not None else ""
+        )
+        print(f"{best}; test accuracy {100 * s['test_accuracy']:.2f}%; {s['wall_seconds']:.1f}s in all", file=self.stream)
+        if trainer.run_dir is not None:
+            print(f"run folder: {trainer.run_dir}", file=self.stream, flush=True)
+
+    def close(self, trainer) -> None:
+        self._close_bar()
+
+
+class RunFolderListener:
+    """Writes the run folder: config.json, steps.csv, history.csv, best.npz, last.npz, summary.json."""
+
+    def __init__(self, run_dir: Path, *, resumed: bool = False):
+        self.run_dir = Path(run_dir)
+        self.resumed = resumed
+        self.steps: CsvLog | None = None
+        self.history: CsvLog | None = None
+
+    def on_train_start(self, trainer) -> None:
+        extra = {"resumed_at_step": trainer.global_step} if self.resumed else {}
+        write_config(self.run_dir, trainer.config.to_dict(), getattr(trainer.data, "info", {}), extra)
+        steps_path, history_path = self.run_dir / "steps.csv", self.run_dir / "history.csv"
+        if self.resumed:
+            # Rows written after the checkpoint (by a run killed before it saved again) are dropped.
+            truncate_csv(steps_path, lambda row: int(row["step"]) <= trainer.global_step)
+            truncate_csv(history_path, lambda row: int(row["epoch"]) <= trainer.epoch)
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
+        self.steps = CsvLog(steps_path, STEP_COLUMNS)
+        self.history = CsvLog(history_path, HISTORY_COLUMNS)
+
+    def on_step(self, trainer, loss: float) -> None:
+        self.steps.write((trainer.epoch + 1, trainer.global_step, repr(float(loss))))
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self.steps.flush()
+        self.history.write(tuple("" if row[c] is None else row[c] for c in HISTORY_COLUMNS))
+        self.history.flush()
+        if trainer.improved:
+            save_checkpoint(self.run_dir / "best.npz", model=trainer.best_state, meta=best_meta(trainer))
+        save_training_state(self.run_dir / "last.npz", trainer.training_state())
+
+    def on_interrupt(self, trainer) -> None:
+        self.steps.flush()
+        save_training_state(self.run_dir / "last.npz", trainer.training_state())
+
+    def on_diverged(self, trainer) -> None:
+        self.steps.flush()
+
+    def on_train_end(self, trainer, result) -> None:
+        write_json_atomic(self.run_dir / "summary.json", result.summary)
+
+    def close(self, trainer) -> None:
+        for log in (self.steps, self.history):
+            if log is not None:
+                log.close()
+
+
+class ReportListener:
+    """Writes report.md / report.html and the figures at the end of a run."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_train_end(self, trainer, result) -> None:
+        from mlplab.report import write_report
+
+        write_report(self.run_dir)
+
+
+class EarlyStopping:
+    """Stops training after ``patience`` epochs without a better validation accuracy."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        if trainer.epochs_without_improvement >= self.patience:
+            trainer.stop = True
+            trainer.stop_reason = "early_stopped"
+
+
+def default_listeners(config, run_dir: Path | None, *, resumed: bool = False) -> list:
+    listeners: list = [ConsoleListener(quiet=config.quiet)]
+    if config.early_stopping:
+        listeners.append(EarlyStopping(config.early_stopping))
+    if run_dir is not None:
+        listeners.append(RunFolderListener(run_dir, resumed=resumed))
+        if config.report:
+            listeners.append(ReportListener(run_dir))
+    return listeners

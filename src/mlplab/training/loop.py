@@ -1,0 +1,457 @@
+"""The training loop: one loop for every backend.
+
+``train(**options)`` resolves and validates the options, loads the data, builds the backend
+and runs :class:`Trainer`. The trainer only trains and evaluates; everything with a side
+effect — progress bars, CSV logs, checkpoints, early stopping — is a listener called at step
+and epoch boundaries (:mod:`mlplab.training.listeners`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlplab.config import MODEL_OPTIONS, TrainConfig, resolve_config
+from mlplab.errors import CheckpointError, ConfigError, DivergedError, TrainingInterrupted
+from mlplab.optim import make_schedule
+from mlplab.training.backends import make_backend
+from mlplab.training.checkpoint import load_checkpoint
+from mlplab.training.run import prepare_run_dir
+
+#: options a resumed run may change; everything else must match the saved run
+RESUMABLE_OPTIONS = ("epochs", "quiet", "report", "data_dir", "device", "early_stopping", "out", "overwrite")
+
+
+@dataclass
+class EvalResult:
+    """Loss (mean cross-entropy), accuracy and predicted classes over a whole split."""
+
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    count: int
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``model`` is the best model (by validation accuracy)."""
+
+    model: object
+    backend: object
+    config: TrainConfig
+    history: list[dict]
+    best_epoch: int
+    best_val_accuracy: float | None
+    test_accuracy: float
+    test_loss: float
+    summary: dict
+    run_dir: Path | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def val_accuracies(self) -> list[float | None]:
+        return [row["val_accuracy"] for row in self.history]
+
+
+def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000, tta_flip: bool = False,
+                   image_shape=None) -> EvalResult:
+    """Mean cross-entropy, accuracy and predictions of ``backend`` over a whole split, in chunks.
+    With ``tta_flip`` the class probabilities are averaged with those of the mirrored images."""
+    n = x.shape[0]
+    if n == 0:
+        return EvalResult(float("nan"), float("nan"), np.empty(0, dtype=np.int64), 0)
+    if tta_flip:
+        from mlplab.data.augment import flip_horizontal
+    loss_sum = 0.0
+    predictions = np.empty(n, dtype=np.int64)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        logits = np.asarray(backend.predict_logits(x[start:stop]), dtype=np.float64)
+        log_probs = logits - logits.max(axis=1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+        if tta_flip:
+            flipped = np.asarray(backend.predict_logits(flip_horizontal(x[start:stop], image_shape)), dtype=np.float64)
+            flipped -= flipped.max(axis=1, keepdims=True)
+            flipped -= np.log(np.exp(flipped).sum(axis=1, keepdims=True))
+            log_probs = np.log(0.5 * (np.exp(log_probs) + np.exp(flipped)))
+        labels = y[start:stop]
+        loss_sum -= float(log_probs[np.arange(stop - start), labels].sum())
+        predictions[start:stop] = np.argmax(log_probs, axis=1)
+    accuracy = float(np.count_nonzero(predictions == y)) / n
+    return EvalResult(loss_sum / n, accuracy, predictions, n)
+
+
+class Trainer:
+    """Runs epochs over a :class:`~mlplab.data.DatasetSplits` with a backend, calling listeners.
+
+    Listener hooks (each optional): ``on_train_start(trainer)``, ``on_epoch_start(trainer)``,
+    ``on_step(trainer, loss)``, ``on_epoch_end(trainer, row)``, ``on_interrupt(trainer)``,
+    ``on_diverged(trainer)``, ``on_train_end(trainer, result)``, ``close()``.
+    """
+
+    def __init__(self, config: TrainConfig, data, *, listeners=(), run_dir: Path | None = None):
+        from mlplab.data import num_batches
+
+        self.config = config
+        self.data = data
+        self.run_dir = run_dir
+        self.listeners = list(listeners)
+        model_seed, shuffle_seed, augment_seed = np.random.SeedSequence(config.seed).spawn(3)
+        self.backend = make_backend(config, data.num_features, data.num_classes, model_seed)
+        self.shuffle_rng = np.random.default_rng(shuffle_seed)
+        self.augment = None
+        if config.augment:
+            if not data.image_shape:
+                raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
+            from mlplab.data.augment import RandomCropFlip
+
+            self.augment = RandomCropFlip(data.image_shape, rng=np.random.default_rng(augment_seed))
+        self.steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=True)
+        self.schedule = make_schedule(
+            config.schedule, config.lr, steps_per_epoch=self.steps_per_epoch, epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs, step_epochs=config.step_epochs, gamma=config.gamma, min_lr=config.min_lr,
+        )
+        # progress
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[dict] = []
+        self.best_epoch = 0
+        self.best_val_accuracy: float | None = None
+        self.best_state: dict | None = None
+        self.epochs_without_improvement = 0
+        self.improved = False
+        self.stop = False
+        self.stop_reason = "completed"
+        self.epoch_start_shuffle_state = self.shuffle_rng.bit_generator.state
+        self.epoch_sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.train_seconds = 0.0
+        self.samples_trained = 0
+        self.wall_start = time.perf_counter()
+        self.wall_before = 0.0  # wall seconds of earlier sessions of a resumed run
+        self.lr = self.schedule(0)
+        self.last_loss = float("nan")
+        self._signal: int | None = None
+
+    # -- listeners ---------------------------------------------------------------------
+    def emit(self, hook: str, *args) -> None:
+        for listener in self.listeners:
+            method = getattr(listener, hook, None)
+            if method is not None:
+                method(self, *args)
+
+    # -- resumable state ---------------------------------------------------------------
+    def training_state(self) -> dict:
+        """Everything ``last.npz`` needs to continue exactly where the run stands now."""
+        return {
+            "model": self.backend.state_dict(),
+            "optimizer": self.backend.optimizer_state(),
+            "best": self.best_state or {},
+            "meta": {
+                "config": self.config.to_dict(),
+                "model_config": self.backend.model_config(),
+                "dtype": self.config.dtype,
+                "backend": self.backend.name,
+                "dataset": self.data.name,
+                "class_names": list(self.data.class_names),
+                "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step,
+                "epoch_sums": dict(self.epoch_sums),
+                "history": self.history,
+                "best_epoch": self.best_epoch,
+                "best_val_accuracy": self.best_val_accuracy,
+                "epochs_without_improvement": self.epochs_without_improvement,
+                "train_seconds": self.train_seconds,
+                "samples_trained": self.samples_trained,
+                "wall_seconds": self.wall_seconds(),
+                "rng": {
+                    "shuffle_at_epoch_start": self.epoch_start_shuffle_state,
+                    "augment": self.augment.rng.bit_generator.state if self.augment else None,
+                    "backend": self.backend.rng_state(),
+                },
+            },
+        }
+
+    def restore(self, checkpoint) -> None:
+        """Continue from a ``last.npz`` written by :meth:`training_state`."""
+        meta = checkpoint.meta
+        try:
+            self.backend.load_state_dict(checkpoint.model)
+            optimizer = {key: value for key, value in meta["optimizer"].items()}
+            optimizer["state"] = dict(checkpoint.optimizer)
+            self.backend.load_optimizer_state(optimizer)
+            self.backend.load_rng_state(meta["rng"]["backend"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{checkpoint.path}: cannot restore the training state ({exc})") from None
+        self.best_state = dict(checkpoint.best) or None
+        self.epoch = int(meta["epoch"])
+        self.step_in_epoch = int(meta["step_in_epoch"])
+        self.global_step = int(meta["global_step"])
+        self.epoch_sums = dict(meta["epoch_sums"])
+        self.history = list(meta["history"])
+        self.best_epoch = int(meta["best_epoch"])
+        self.best_val_accuracy = meta["best_val_accuracy"]
+        self.epochs_without_improvement = int(meta["epochs_without_improvement"])
+        self.train_seconds = float(meta["train_seconds"])
+        self.samples_trained = int(meta["samples_trained"])
+        self.wall_before = float(meta["wall_seconds"])
+        self.epoch_start_shuffle_state = meta["rng"]["shuffle_at_epoch_start"]
+        self.shuffle_rng.bit_generator.state = self.epoch_start_shuffle_state
+        if self.augment and meta["rng"]["augment"]:
+            self.augment.rng.bit_generator.state = meta["rng"]["augment"]
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + (time.perf_counter() - self.wall_start)
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.emit("on_train_start")
+        with _StopSignals(self):
+            while self.epoch < self.config.epochs and not self.stop:
+                self.run_epoch()
+        return self.finish()
+
+    def run_epoch(self) -> None:
+        from mlplab.data import batches
+
+        config, train = self.config, self.data.train
+        if self.step_in_epoch == 0:
+            self.epoch_start_shuffle_state = self.shuffle_rng.bit_generator.state
+        self.emit("on_epoch_start")
+        started = time.perf_counter()
+        sums = self.epoch_sums
+        stream = batches(
+            train.x, train.y, config.batch_size, shuffle=True, rng=self.shuffle_rng, drop_last=True,
+            augment=self.augment, start=self.step_in_epoch,
+        )
+        for xb, yb in stream:
+            self.lr = self.schedule(self.global_step)
+            loss, correct = self.backend.train_step(xb, yb, self.lr)
+            if not math.isfinite(loss):
+                self.diverged(loss)
+            n = yb.shape[0]
+            sums["loss"] += loss * n
+            sums["correct"] += correct
+            sums["seen"] += n
+            self.global_step += 1
+            self.step_in_epoch += 1
+            self.last_loss = loss
+            self.emit("on_step", loss)
+            if self._signal is not None:
+                sums["seconds"] += time.perf_counter() - started
+                self.interrupted()
+        train_seconds = sums["seconds"] + (time.perf_counter() - started)
+        self.train_seconds += train_seconds - sums["seconds"]
+        self.samples_trained += sums["seen"]
+        val = self.evaluate("validation")
+        row = {
+            "epoch": self.epoch + 1,
+            "train_loss": sums["loss"] / max(1, sums["seen"]),
+            "train_accuracy": sums["correct"] / max(1, sums["seen"]),
+            "val_loss": val.loss if val.count else None,
+            "val_accuracy": val.accuracy if val.count else None,
+            "lr": self.lr,
+            "seconds": sums["seconds"] + (time.perf_counter() - started),
+        }
+        self.history.append(row)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.track_best(row)
+        self.emit("on_epoch_end", row)
+
+    def track_best(self, row: dict) -> None:
+        accuracy = row["val_accuracy"]
+        # Without a validation split the last epoch counts as the best one.
+        self.improved = accuracy is None or self.best_val_accuracy is None or accuracy > self.best_val_accuracy
+        if self.improved:
+            self.best_epoch = row["epoch"]
+            self.best_val_accuracy = accuracy
+            self.best_state = copy.deepcopy(self.backend.state_dict())
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+
+    def evaluate(self, split: str) -> EvalResult:
+        dataset = getattr(self.data, split)
+        return evaluate_split(
+            self.backend, dataset.x, dataset.y, tta_flip=self.config.tta_flip, image_shape=self.data.image_shape
+        )
+
+    def diverged(self, loss: float) -> None:
+        self.stop_reason = "diverged"
+        self.emit("on_diverged")
+        epoch, step = self.epoch + 1, self.step_in_epoch + 1
+        raise DivergedError(
+            f"training diverged: the loss became {loss} at epoch {epoch}, step {step} (global step {self.global_step + 1}, "
+            f"lr {self.lr:g}); try a lower learning rate, e.g. --lr {self.config.lr / 10:g}"
+            + (f"; the best model so far (epoch {self.best_epoch}) is in {self.run_dir / 'best.npz'}" if self.run_dir and self.best_state else "")
+        )
+
+    def interrupted(self) -> None:
+        signum = self._signal
+        self.stop_reason = "interrupted"
+        self.emit("on_interrupt")
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        if self.run_dir is not None:
+            message = f"stopped by {name} at {where}; saved {self.run_dir / 'last.npz'}. Resume with: mlplab train --resume {self.run_dir}"
+        else:
+            message = f"stopped by {name} at {where} (no run folder, nothing saved)"
+        raise TrainingInterrupted(message, 143 if signum == signal.SIGTERM else 130)
+
+    def finish(self) -> TrainResult:
+        if self.best_state is not None:
+            self.backend.load_state_dict(self.best_state)
+        test = self.evaluate("test")
+        from mlplab.metrics import confusion_matrix
+
+        cm = confusion_matrix(test.predictions, self.data.test.y, self.data.num_classes)
+        wall = self.wall_seconds()
+        summary = {
+            "status": self.stop_reason,
+            "dataset": self.data.name,
+            "backend": self.backend.name,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "val_accuracies": [row["val_accuracy"] for row in self.history],
+            "epochs_run": self.epoch,
+            "wall_seconds": wall,
+            "train_seconds": self.train_seconds,
+            "seconds_per_epoch": self.train_seconds / max(1, self.epoch),
+            "train_samples_per_second": self.samples_trained / self.train_seconds if self.train_seconds else None,
+            "class_names": list(self.data.class_names),
+            "test_confusion_matrix": cm.tolist(),
+        }
+        result = TrainResult(
+            model=self.backend.model, backend=self.backend, config=self.config, history=self.history,
+            best_epoch=self.best_epoch, best_val_accuracy=self.best_val_accuracy, test_accuracy=test.accuracy,
+            test_loss=test.loss, summary=summary, run_dir=self.run_dir, class_names=list(self.data.class_names),
+        )
+        self.emit("on_train_end", result)
+        return result
+
+
+class _StopSignals:
+    """While training, SIGINT and SIGTERM only raise a flag: the current step finishes, the
+    state is saved and the run stops cleanly. A second SIGINT stops at once."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict[int, object] = {}
+
+    def handler(self, signum, frame):
+        if self.trainer._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.trainer._signal = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        return False
+
+
+def _resume_config(run_dir: Path, options: dict):
+    checkpoint = load_checkpoint(run_dir / "last.npz") if (run_dir / "last.npz").exists() else None
+    if checkpoint is None:
+        if not run_dir.exists():
+            raise CheckpointError(f"--resume: no run folder at {str(run_dir)!r}")
+        raise CheckpointError(f"--resume: run folder {str(run_dir)!r} holds no last.npz to resume from")
+    saved = TrainConfig.from_options(checkpoint.meta["config"])
+    changes = {}
+    for key, value in options.items():
+        name = key.replace("-", "_")
+        if name not in TrainConfig.field_names():
+            raise ConfigError(f"unknown option {key!r}")
+        current = getattr(saved, name)
+        if name in ("out", "overwrite"):
+            continue
+        candidate = TrainConfig.from_options({name: value}).validated() if name in MODEL_OPTIONS else None
+        new_value = getattr(candidate, name) if candidate is not None else value
+        if new_value == current:
+            continue
+        if name not in RESUMABLE_OPTIONS:
+            kind = "the model" if name in MODEL_OPTIONS else "the training"
+            raise ConfigError(
+                f"--resume: the run was trained with --{name.replace('_', '-')} {current!r}; "
+                f"changing it to {new_value!r} would change {kind} (start a new run instead)"
+            )
+        changes[name] = value
+    config = saved.updated(changes).validated()
+    return config, checkpoint
+
+
+def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=None, preset: str | None = None,
+          config_file=None, **options) -> TrainResult:
+    """Train an MLP; the Python face of ``mlplab train`` (same option names, underscores).
+
+    ``data``: a ready :class:`~mlplab.data.DatasetSplits` instead of loading ``dataset``.
+    ``out``: the run folder (``None``, the default here, writes no files). ``resume``: a run
+    folder to continue from its ``last.npz`` (``epochs`` may be raised). Returns a
+    :class:`TrainResult` with the best model, its test accuracy and the history.
+    """
+    from mlplab.training.listeners import default_listeners
+
+    checkpoint = None
+    if resume is not None:
+        run_dir = Path(resume)
+        config, checkpoint = _resume_config(run_dir, options)
+        config.out = str(run_dir)
+    else:
+        if config is None:
+            config = resolve_config(preset=preset, config_file=config_file, options=options)
+        elif options:
+            config = config.updated(options).validated()
+        else:
+            config = config.validated()
+        run_dir = Path(config.out) if config.out else None
+        if run_dir is not None:
+            prepare_run_dir(run_dir, overwrite=config.overwrite, create=False)
+    if data is None:
+        data = load_data(config)
+    if run_dir is not None and checkpoint is None:
+        prepare_run_dir(run_dir, overwrite=config.overwrite)
+    if len(data.train) < config.batch_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)")
+    if checkpoint is not None and checkpoint.meta.get("epoch", 0) >= config.epochs and checkpoint.meta.get("step_in_epoch", 0) == 0 \
+            and (run_dir / "summary.json").exists():
+        raise CheckpointError(
+            f"--resume: the run in {str(run_dir)!r} already finished {checkpoint.meta['epoch']} epochs; "
+            "pass a larger --epochs to continue it"
+        )
+    all_listeners = default_listeners(config, run_dir, resumed=checkpoint is not None) + list(listeners)
+    trainer = Trainer(config, data, listeners=all_listeners, run_dir=run_dir)
+    if checkpoint is not None:
+        if checkpoint.meta.get("backend") != trainer.backend.name:
+            raise CheckpointError(f"--resume: last.npz was written by the {checkpoint.meta.get('backend')} backend")
+        trainer.restore(checkpoint)
+    try:
+        return trainer.run()
+    finally:
+        trainer.emit("close")
+
+
+def load_data(config: TrainConfig):
+    """The data set ``config`` names, split and normalised as it asks."""
+    from mlplab.data import get_dataset
+
+    options = {"split_seed": config.split_seed, "normalization": config.normalization}
+    if config.validation_size is not None:
+        options["validation_size"] = config.validation_size
+    return get_dataset(config.dataset, config.data_dir, **options)

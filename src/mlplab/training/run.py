@@ -1,0 +1,193 @@
+"""The run folder: what a training run leaves behind.
+
+- ``config.json``: resolved options and the environment (mlplab, numpy, BLAS, git commit);
+- ``steps.csv``: ``epoch,step,loss`` for every batch;
+- ``history.csv``: one row per epoch (``HISTORY_COLUMNS``);
+- ``best.npz``: the best model by validation accuracy; ``last.npz``: everything needed to resume;
+- ``summary.json``: the outcome (best epoch, accuracies, timings);
+- ``report.md`` / ``report.html`` and figures (see :mod:`mlplab.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mlplab import __version__
+from mlplab.errors import CheckpointError
+from mlplab.training.checkpoint import write_json_atomic
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+STEP_COLUMNS = ("epoch", "step", "loss")
+
+
+def default_run_dir(short_name: str, root: str = "runs") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{stamp}-{short_name}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path(root) / f"{stamp}-{short_name}-{suffix}"
+    return path
+
+
+def prepare_run_dir(path, *, overwrite: bool = False, create: bool = True) -> Path:
+    """Create the run folder, refusing a file, a finished run or an unfinished one (unless
+    ``overwrite``). With ``create=False`` only the checks run (before any work is done)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"--out {str(path)!r} is an existing file, not a folder")
+    if path.is_dir() and not overwrite:
+        if (path / "summary.json").exists():
+            raise CheckpointError(f"--out {str(path)!r} already holds a finished run; pass --overwrite to replace it")
+        if (path / "last.npz").exists():
+            raise CheckpointError(
+                f"--out {str(path)!r} holds an unfinished run; continue it with `mlplab train --resume {path}` "
+                "or pass --overwrite to start again"
+            )
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create run folder {str(path)!r}: {exc.strerror or exc}") from None
+    if overwrite:
+        for name in ("summary.json", "last.npz", "best.npz", "steps.csv", "history.csv", "gradients.csv"):
+            try:
+                (path / name).unlink()
+            except FileNotFoundError:
+                pass
+    if not os.access(path, os.W_OK):
+        raise CheckpointError(f"run folder {str(path)!r} is not writable")
+    return path
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout mlplab runs from, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def blas_info() -> dict:
+    """Which BLAS NumPy uses and with how many threads (threadpoolctl when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        for entry in threadpool_info():
+            if entry.get("user_api") == "blas":
+                return {
+                    "library": entry.get("internal_api"), "version": entry.get("version"),
+                    "threads": entry.get("num_threads"), "architecture": entry.get("architecture"),
+                }
+    except Exception:  # pragma: no cover - optional
+        pass
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        return {"library": blas.get("name"), "version": blas.get("version"), "threads": None}
+    except Exception:  # pragma: no cover
+        return {}
+
+
+def environment() -> dict:
+    return {
+        "mlplab_version": __version__,
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        "platform": platform.platform(),
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def write_config(path: Path, config: dict, data_info: dict | None = None, extra: dict | None = None) -> None:
+    write_json_atomic(path / "config.json", {"options": config, "data": data_info or {}, **environment(), **(extra or {})})
+
+
+def read_config(path) -> dict:
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"run folder {str(path)!r} has no config.json") from None
+    except ValueError:
+        raise CheckpointError(f"{str(Path(path) / 'config.json')!r} is not valid JSON") from None
+
+
+class CsvLog:
+    """An append-only CSV file with a header, flushed on request."""
+
+    def __init__(self, path: Path, columns):
+        self.path = path
+        self.columns = tuple(columns)
+        new = not path.exists() or path.stat().st_size == 0
+        self.handle = open(path, "a", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle)
+        if new:
+            self.writer.writerow(self.columns)
+
+    def write(self, row) -> None:
+        self.writer.writerow(row)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+
+
+def truncate_csv(path: Path, keep) -> None:
+    """Rewrite ``path`` keeping the header and the rows for which ``keep(row_dict)`` is true
+    (rows written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = []
+    for row in body:
+        if len(row) != len(header):
+            continue  # a row cut short by a crash
+        try:
+            if keep(dict(zip(header, row))):
+                kept.append(row)
+        except ValueError:
+            continue
+
+    def write(handle):
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(kept)
+
+    from mlplab.training.checkpoint import atomic_write
+
+    atomic_write(path, write, mode="w")
+
+
+def read_csv(path) -> list[dict]:
+    """Rows of a run's CSV file as dicts of floats (empty cells become None)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = []
+        for row in reader:
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+    return rows
