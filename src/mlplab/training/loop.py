@@ -264,6 +264,8 @@ class Trainer:
         self.history.append(row)
         self.epoch += 1
         self.step_in_epoch = 0
+        # A checkpoint written at this boundary resumes with the next epoch's order, not this one's.
+        self.epoch_start_shuffle_state = self.shuffle_rng.bit_generator.state
         self.epoch_sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self.track_best(row)
         self.emit("on_epoch_end", row)
@@ -425,10 +427,10 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
             prepare_run_dir(run_dir, overwrite=config.overwrite, create=False)
     if data is None:
         data = load_data(config)
-    if run_dir is not None and checkpoint is None:
-        prepare_run_dir(run_dir, overwrite=config.overwrite)
     if len(data.train) < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)")
+    if run_dir is not None and checkpoint is None:
+        prepare_run_dir(run_dir, overwrite=config.overwrite)
     if checkpoint is not None and checkpoint.meta.get("epoch", 0) >= config.epochs and checkpoint.meta.get("step_in_epoch", 0) == 0 \
             and (run_dir / "summary.json").exists():
         raise CheckpointError(
