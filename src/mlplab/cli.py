@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = f"mlplab {args.command}"
     # Warnings (a data set whose checksum differs, say) as one line each, not a source excerpt.
+    previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest, **kw: f"{prog}: warning: {message}\n"
     try:
         code = args.run(args)
@@ -72,3 +73,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `mlplab ... | head`
         return 0
+    finally:
+        warnings.formatwarning = previous_format

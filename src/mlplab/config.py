@@ -114,7 +114,9 @@ class TrainConfig:
     def validated(self) -> TrainConfig:
         """A normalised copy, or ConfigError naming the first bad option (as ``--option``)."""
         c = dataclasses.replace(self, hidden_dims=list(self.hidden_dims) if _is_sequence(self.hidden_dims) else self.hidden_dims)
-        c.dataset = _choice(c.dataset, "dataset", None)
+        from mlplab.data.registry import DATASETS
+
+        c.dataset = _choice(c.dataset, "dataset", tuple(DATASETS))
         c.activation = _choice(c.activation, "activation", ACTIVATIONS)
         c.optimizer = _choice(c.optimizer, "optimizer", OPTIMIZERS)
         c.schedule = _choice(c.schedule, "schedule", SCHEDULES)
@@ -178,7 +180,8 @@ def _choice(value, name: str, choices) -> str:
         raise ConfigError(f"--{_flag(name)} must be a name, got {value!r}")
     key = value.strip().lower().replace("-", "_") if name != "dataset" else value.strip().lower()
     if choices is not None and key not in choices:
-        raise ConfigError(f"--{_flag(name)}: unknown {name.replace('_', ' ')} {value!r} (choose from {', '.join(choices)})")
+        what = "data set" if name == "dataset" else name.replace("_", " ")
+        raise ConfigError(f"--{_flag(name)}: unknown {what} {value!r} (choose from {', '.join(choices)})")
     return key
 
 

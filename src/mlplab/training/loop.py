@@ -214,7 +214,9 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         self.emit("on_train_start")
-        with _StopSignals(self):
+        # Overflow on the way to a diverging loss is reported once, as DivergedError, not as
+        # a stream of NumPy warnings: the loss itself is checked after every step.
+        with _StopSignals(self), np.errstate(over="ignore", invalid="ignore"):
             while self.epoch < self.config.epochs and not self.stop:
                 self.run_epoch()
         return self.finish()
