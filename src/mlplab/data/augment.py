@@ -1,0 +1,86 @@
+"""Image augmentation on flat batches, vectorised over the batch.
+
+Rows of ``x`` are images in channel-major layout: (C, H, W) flattened, as CIFAR stores them.
+Augmentation is for training batches only; evaluation never calls it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from mlplab.errors import ConfigError
+
+
+def _image_shape(image_shape) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in image_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+    return shape
+
+
+def _as_images(x: np.ndarray, shape: tuple[int, int, int], who: str) -> np.ndarray:
+    if x.ndim != 2 or x.shape[1] != shape[0] * shape[1] * shape[2]:
+        raise ConfigError(f"{who}: expected rows of {shape[0] * shape[1] * shape[2]} features "
+                          f"(image shape {shape}), got an array of shape {x.shape}")
+    return x.reshape(len(x), *shape)
+
+
+def flip_horizontal(x: np.ndarray, image_shape) -> np.ndarray:
+    """Mirror every image left-right: x (N, C*H*W) -> a new C-contiguous array of the same shape
+    (for test-time flip averaging)."""
+    shape = _image_shape(image_shape)
+    images = _as_images(x, shape, "flip_horizontal")
+    return np.ascontiguousarray(images[..., ::-1]).reshape(x.shape)
+
+
+class RandomCropFlip:
+    """Random crop after zero padding, and random horizontal flip, for (B, C*H*W) float32 batches.
+
+    Each image is shifted by (dy, dx), each uniform in [-padding, padding], with the uncovered
+    border filled by 0 -- in normalised data, the mean colour -- and mirrored with probability
+    1/2 when ``flip``. All randomness comes from ``self.rng`` (a numpy Generator; save and restore
+    ``rng.bit_generator.state`` to replay it): per call, one ``integers`` draw of 2*B offsets and
+    one ``random`` draw of B flip coins. The batch is modified in place when it is C-contiguous.
+    """
+
+    def __init__(self, image_shape, padding: int = 4, flip: bool = True, rng=None):
+        self.image_shape = _image_shape(image_shape)
+        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
+            raise ConfigError(f"padding must be a non-negative integer, got {padding!r}")
+        self.padding = int(padding)
+        self.flip = bool(flip)
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self._padded: np.ndarray | None = None
+
+    def __call__(self, xb: np.ndarray) -> np.ndarray:
+        images = _as_images(xb, self.image_shape, "RandomCropFlip")
+        batch = len(images)
+        if batch == 0:
+            return xb
+        out = images if xb.flags.c_contiguous and xb.flags.writeable else images.copy()
+        p = self.padding
+        if p:
+            c, h, w = self.image_shape
+            if self._padded is None or len(self._padded) < batch or self._padded.dtype != xb.dtype:
+                # the zero border is written once; later calls overwrite only the interior
+                self._padded = np.zeros((batch, c, h + 2 * p, w + 2 * p), xb.dtype)
+            padded = self._padded[:batch]
+            padded[:, :, p:p + h, p:p + w] = images
+            offsets = self.rng.integers(0, 2 * p + 1, size=(2, batch))
+            # windows[b, c, i, j] is the h x w crop whose top-left corner is (i, j) of the padded
+            # image; one fancy index gathers every sample's crop in a single C loop.
+            windows = sliding_window_view(padded, (h, w), axis=(2, 3))
+            out[...] = windows[np.arange(batch), :, offsets[0], offsets[1]]
+        if self.flip:
+            mirror = self.rng.random(batch) < 0.5
+            out[mirror] = out[mirror, :, :, ::-1]
+        return xb if out is images else out.reshape(xb.shape)
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(image_shape={self.image_shape}, padding={self.padding}, flip={self.flip})"

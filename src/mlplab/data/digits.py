@@ -1,0 +1,95 @@
+"""scikit-learn's bundled 8x8 digits: 1,797 images, offline -- the quick demo and the tests' real data.
+
+Split: a fixed stratified test set of 360 images (20%, chosen with a constant seed, so it never
+changes), then a stratified validation set of ``validation_size`` (default 360) chosen by
+``split_seed`` from the rest; train is the remainder (1,077 by default). Pixels are 0-16;
+normalisation is per channel (one channel here) like the other image sets: 'published' uses the
+statistics of all 1,797 images (fixed constants), 'train' those of the training split.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mlplab.data.core import (
+    Dataset,
+    DatasetSplits,
+    assemble,
+    channel_stats,
+    check_int,
+    check_seed,
+    resolve_normalization,
+    stratified_pick,
+)
+from mlplab.errors import MissingDependencyError
+
+IMAGE_SHAPE = (1, 8, 8)
+CLASS_NAMES = [str(d) for d in range(10)]
+TOTAL = 1797
+TEST_SIZE = 360
+TEST_SEED = 0
+DEFAULT_VALIDATION_SIZE = 360
+#: mean and std of pixel / 16 over all 1,797 images
+MEAN = (0.3053,)
+STD = (0.3760,)
+
+
+def load_digits(data_dir=None, validation_size: int | None = None, split_seed: int = 42, download: bool = True,
+                normalize: bool = True, normalization: str | None = "published", progress: bool = True) -> DatasetSplits:
+    """The digits as train / validation / test splits: x float32 (N, 64), y int64 (N,).
+
+    ``data_dir``, ``download`` and ``progress`` are accepted for a uniform interface and unused:
+    the data ships with scikit-learn (``pip install scikit-learn``).
+    """
+    del data_dir, download, progress
+    started = time.perf_counter()
+    if validation_size is None:
+        validation_size = DEFAULT_VALIDATION_SIZE
+    available = TOTAL - TEST_SIZE
+    validation_size = check_int(validation_size, "validation_size", 0, available - 1,
+                                f"digits keeps {TEST_SIZE} of its {TOTAL:,} images for testing")
+    split_seed = check_seed(split_seed)
+    mode = resolve_normalization(normalize, normalization)
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError:
+        raise MissingDependencyError("the digits data set ships with scikit-learn: pip install scikit-learn "
+                                     "(or pip install 'mlplab[dev]')") from None
+    bunch = sklearn_digits()
+    pixels = bunch.data.astype(np.uint8)  # integers 0..16 stored as float64
+    labels = bunch.target.astype(np.int64)
+
+    everything = np.arange(len(labels))
+    test_idx = stratified_pick(labels, everything, TEST_SIZE, np.random.default_rng(TEST_SEED))
+    rest = np.setdiff1d(everything, test_idx)
+    val_idx = stratified_pick(labels, rest, validation_size, np.random.default_rng(split_seed))
+    train_idx = np.setdiff1d(rest, val_idx)
+
+    def read_rows(start, stop):
+        return pixels[start:stop]
+
+    if mode == "train":
+        mean, std = channel_stats(read_rows, train_idx, 1, 16)
+    elif mode == "published":
+        mean, std = np.asarray(MEAN), np.asarray(STD)
+    else:
+        mean = std = None
+    train_x, val_x, test_x = assemble(read_rows, len(labels), [train_idx, val_idx, test_idx], 1, 16, mean, std)
+    info = {
+        "dataset": "digits",
+        "source": "sklearn.datasets.load_digits",
+        "normalization": mode or "none",
+        "mean": [float(v) for v in mean] if mean is not None else None,
+        "std": [float(v) for v in std] if std is not None else None,
+        "validation_size": validation_size,
+        "split_seed": split_seed,
+        "test_seed": TEST_SEED,
+        "load_seconds": round(time.perf_counter() - started, 3),
+    }
+    return DatasetSplits(
+        train=Dataset(train_x, labels[train_idx]), validation=Dataset(val_x, labels[val_idx]),
+        test=Dataset(test_x, labels[test_idx]), class_names=list(CLASS_NAMES), name="digits",
+        image_shape=IMAGE_SHAPE, info=info,
+    )
