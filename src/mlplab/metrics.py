@@ -247,7 +247,7 @@ def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None 
     dataset: a :class:`mlplab.data.Dataset` (``x`` (N, D), ``y`` (N,)) or an ``(x, y)`` pair.
     num_classes: C, by default the width of the logits (needed only for an empty split
     without ``model.n_classes``). With ``tta_flip`` the class probabilities are averaged with
-    those of the horizontally mirrored images (``image_shape`` (H, W, C) needed), as training
+    those of the horizontally mirrored images (``image_shape``, the data set's, needed), as training
     evaluates with ``--tta-flip``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:

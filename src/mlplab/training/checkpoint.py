@@ -40,12 +40,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+#: permissions of the files mlplab writes: what open() would give (mkstemp alone makes them 0600)
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path, write, mode: str = "wb") -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
