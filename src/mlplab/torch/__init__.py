@@ -1,0 +1,42 @@
+"""The PyTorch twin of mlplab's NumPy MLP: same layers, parameter names, initialisation and
+optimiser formulas, so either backend can continue, evaluate or check the other.
+
+This subpackage is the only part of mlplab that imports torch; it needs the ``torch`` extra
+(``pip install 'mlplab[torch]'``). ``MLP``, ``from_numpy`` and ``to_numpy`` come from
+:mod:`mlplab.torch.model`; ``TorchBackend`` (the training loop's backend) and ``compare``
+(NumPy against PyTorch on the same batches) load on first use.
+"""
+
+from __future__ import annotations
+
+from mlplab.errors import MissingDependencyError
+
+
+class TorchNotInstalled(MissingDependencyError, ImportError):
+    """PyTorch is missing: an ImportError (for ``try: import``) and an mlplab error (for the CLI)."""
+
+    exit_code = 1
+
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:
+    raise TorchNotInstalled(
+        "this needs PyTorch, which is not installed: pip install 'mlplab[torch]'", name="torch"
+    ) from None
+
+from mlplab.torch.model import MLP, Dropout, Residual, from_numpy, to_numpy  # noqa: E402
+
+__all__ = ["MLP", "Dropout", "Residual", "from_numpy", "to_numpy", "TorchBackend", "compare", "resolve_device"]
+
+
+def __getattr__(name):
+    if name in ("TorchBackend", "resolve_device"):
+        from mlplab.torch import backend
+
+        return getattr(backend, name)
+    if name == "compare":
+        from mlplab.torch.compare import compare
+
+        return compare
+    raise AttributeError(f"module 'mlplab.torch' has no attribute {name!r}")
