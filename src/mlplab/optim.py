@@ -45,6 +45,14 @@ class Optimizer:
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _scratch(self, index: int, like: np.ndarray, slot: int = 0) -> np.ndarray:
+        if not hasattr(self, "_scratch_arrays"):
+            self._scratch_arrays: dict[tuple[int, int], np.ndarray] = {}
+        scratch = self._scratch_arrays.get((index, slot))
+        if scratch is None or scratch.shape != like.shape or scratch.dtype != like.dtype:
+            scratch = self._scratch_arrays[(index, slot)] = np.empty_like(like)
+        return scratch
+
     def zero_grad(self) -> None:
         for _, g in self.pairs:
             g.fill(0)
@@ -107,16 +115,33 @@ class SGD(Optimizer):
         self.step_count += 1
         buffers = self.state["momentum_buffer"]
         for index, (p, g) in enumerate(self.pairs):
-            d = g + self.weight_decay * p if self.weight_decay else g
+            # One scratch array per parameter: the update needs no fresh allocation per step
+            # (large temporaries are page-faulted in anew each time).
+            scratch = self._scratch(index, p)
+            d = g
+            if self.weight_decay:
+                np.multiply(p, self.weight_decay, out=scratch)
+                scratch += g
+                d = scratch
             if self.momentum:
                 buf = buffers[index]
                 if buf is None:
                     buf = buffers[index] = np.array(d, copy=True)
                 else:
                     buf *= self.momentum
-                    buf += (1 - self.dampening) * d
-                d = d + self.momentum * buf if self.nesterov else buf
-            p -= self.lr * d
+                    if self.dampening:
+                        buf += (1 - self.dampening) * d
+                    else:
+                        buf += d
+                if self.nesterov:
+                    if d is not scratch:
+                        np.copyto(scratch, d)
+                    scratch += self.momentum * buf
+                    d = scratch
+                else:
+                    d = buf
+            np.multiply(d, self.lr, out=scratch)
+            p -= scratch
 
 
 class Adam(Optimizer):
@@ -146,23 +171,31 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - beta1**t)
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         for index, (p, g) in enumerate(self.pairs):
+            s1, s2 = self._scratch(index, p, 0), self._scratch(index, p, 1)
             if self.decoupled:
                 if self.weight_decay:
                     p *= 1 - self.lr * self.weight_decay
             elif self.weight_decay:
-                g = g + self.weight_decay * p
+                np.multiply(p, self.weight_decay, out=s1)
+                s1 += g
+                g = s1
             m, v = self.state["exp_avg"][index], self.state["exp_avg_sq"][index]
             if m is None:
                 m = self.state["exp_avg"][index] = np.zeros_like(p)
                 v = self.state["exp_avg_sq"][index] = np.zeros_like(p)
             m *= beta1
-            m += (1 - beta1) * g
+            np.multiply(g, 1 - beta1, out=s2)
+            m += s2
             v *= beta2
-            v += (1 - beta2) * (g * g)
-            denom = np.sqrt(v)
-            denom /= bias_correction2_sqrt
-            denom += self.eps
-            p -= step_size * (m / denom)
+            np.multiply(g, g, out=s2)
+            s2 *= 1 - beta2
+            v += s2
+            np.sqrt(v, out=s2)  # the denominator √v/√(1 − β₂ᵗ) + ε, in scratch space
+            s2 /= bias_correction2_sqrt
+            s2 += self.eps
+            np.divide(m, s2, out=s2)
+            s2 *= step_size
+            p -= s2
 
 
 class AdamW(Adam):

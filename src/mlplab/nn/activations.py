@@ -35,7 +35,11 @@ class _Elementwise(Module):
 
 
 class ELU(_Elementwise):
-    """ELU: h(x) = x for x > 0, alpha (eᕽ − 1) otherwise; h'(x) = 1 or h(x) + alpha."""
+    """ELU: h(x) = x for x > 0, alpha (eᕽ − 1) otherwise; h'(x) = 1 or h(x) + alpha.
+
+    In float32, eᕽ − 1 is computed as exp(x) − 1 (absolute error below 1e-7): NumPy's float32
+    ``expm1`` is not vectorised and costs nine times as much as ``exp``. Float64 uses ``expm1``.
+    """
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
@@ -44,14 +48,31 @@ class ELU(_Elementwise):
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
         positive = x > 0
-        # expm1 only of min(x, 0): no overflow for large positive x, full precision near 0.
-        negative_part = np.expm1(np.minimum(x, 0))
+        # The exponential only of min(x, 0): no overflow for large positive x.
+        negative_part = np.minimum(x, 0)
+        if negative_part.dtype == np.float32:
+            np.exp(negative_part, out=negative_part)
+            negative_part -= 1
+        else:
+            np.expm1(negative_part, out=negative_part)
         negative_part *= self.alpha
         out = np.where(positive, x, negative_part)
-        # On the negative side h'(x) = alpha eᕽ = h(x) + alpha, so the exponential is reused.
-        negative_part += self.alpha
-        self.cache["dydx"] = np.where(positive, np.ones((), dtype=out.dtype), negative_part)
+        if self.training:
+            # On the negative side h'(x) = alpha eᕽ = h(x) + alpha, so the exponential is reused.
+            negative_part += self.alpha
+            self.cache["dydx"] = np.where(positive, np.ones((), dtype=out.dtype), negative_part)
+        else:
+            self.cache["dydx"] = None
+            self.cache["positive"] = positive
+            self.cache["out"] = out
         return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dydx = require_cache(self, "dydx")
+        if dydx is None:  # forward ran in eval mode: build h'(x) now
+            dydx = np.where(self.cache["positive"], 1, self.cache["out"] + self.alpha).astype(self.cache["out"].dtype, copy=False)
+        check_dout(self, dout, dydx.shape)
+        return dout * dydx
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
