@@ -1,0 +1,244 @@
+"""Speed of mlplab's NumPy backend against the PyTorch twin and the matrix-product bound.
+
+    python benchmarks/run.py                 # default MLP + the width/batch grid, CIFAR-10 if cached
+    python benchmarks/run.py --quick         # fewer repeats, a smaller grid epoch
+    python benchmarks/run.py --data-dir DIR  # where cifar-10-python.tar.gz lies (else random data)
+
+In one process, on the same data and the same batch order, it times one training epoch of:
+- ``numpy``:   the NumPy backend's ``train_step`` over mlplab's batch iterator;
+- ``torch``:   the PyTorch twin's ``train_step`` (eager, CPU) over the same batches;
+- ``matmul``:  the bare matrix products of that epoch (forward, weight gradients and input
+  gradients, without the first layer's input gradient, which training never needs), on
+  preallocated operands: the limit the BLAS sets.
+Contenders are interleaved, in a rotating order, and repeated, so that noise hits all alike.
+It prints medians, min-max and the ratios, then evaluation speed (10,000 images), the whole
+default ``mlplab train`` run against ten bare epochs, and its peak memory; and writes
+everything to a JSON file (``--json``, default benchmarks/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mlplab.config import TrainConfig
+from mlplab.data import batches, get_dataset
+from mlplab.training.backends import NumpyBackend
+from mlplab.training.run import blas_info
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_data(data_dir: str | None, samples: int):
+    """(x_train, y_train, x_test, y_test, source): CIFAR-10 when it can be had, else random data."""
+    if data_dir and (Path(data_dir) / "cifar-10-python.tar.gz").exists() or data_dir and (Path(data_dir) / "cifar-10-batches-py").is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = get_dataset("cifar10", data_dir, download=False)
+        return data.train.x[:samples], data.train.y[:samples], data.test.x, data.test.y, "cifar10"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((samples, 3072), dtype=np.float32)
+    y = rng.integers(0, 10, samples)
+    xt = rng.standard_normal((10_000, 3072), dtype=np.float32)
+    return x, y, xt, rng.integers(0, 10, 10_000), "random"
+
+
+class Contenders:
+    """The three ways of spending one epoch, for one width and batch size."""
+
+    def __init__(self, x, y, width: int, batch: int, with_torch: bool):
+        self.x, self.y, self.width, self.batch = x, y, width, batch
+        config = TrainConfig(hidden_dims=[width], batch_size=batch).validated()
+        seed = np.random.SeedSequence(42)
+        self.numpy = NumpyBackend(config, x.shape[1], 10, seed)
+        self.torch = None
+        if with_torch:
+            from mlplab.torch.backend import TorchBackend
+
+            self.torch = TorchBackend(config, x.shape[1], 10, seed)
+        self.order_seed = 0
+        rng = np.random.default_rng(1)
+        d = x.shape[1]
+        self.mm = {
+            "w1": rng.standard_normal((width, d), dtype=np.float32),
+            "w2": rng.standard_normal((10, width), dtype=np.float32), "h": np.empty((batch, width), np.float32),
+            "z": np.empty((batch, 10), np.float32), "dz": rng.standard_normal((batch, 10), dtype=np.float32),
+            "dh": np.empty((batch, width), np.float32), "dw1": np.empty((width, d), np.float32),
+            "dw2": np.empty((10, width), np.float32),
+        }
+        self.steps = len(x) // batch
+
+    def _batches(self):
+        # the same batch order for every contender and every repeat
+        return batches(self.x, self.y, self.batch, shuffle=True, rng=np.random.default_rng(self.order_seed), drop_last=True)
+
+    def run_numpy(self) -> float:
+        start = time.perf_counter()
+        for xb, yb in self._batches():
+            self.numpy.train_step(xb, yb, 0.01)
+        return time.perf_counter() - start
+
+    def run_torch(self) -> float:
+        start = time.perf_counter()
+        for xb, yb in self._batches():
+            self.torch.train_step(xb, yb, 0.01)
+        return time.perf_counter() - start
+
+    def run_matmul(self) -> float:
+        m, b = self.mm, self.batch
+        start = time.perf_counter()
+        for i in range(self.steps):
+            x = self.x[i * b : (i + 1) * b]  # consecutive rows: the epoch's data, without a gather
+            np.matmul(x, m["w1"].T, out=m["h"])          # forward, layer 1
+            np.matmul(m["h"], m["w2"].T, out=m["z"])      # forward, layer 2
+            np.matmul(m["dz"].T, m["h"], out=m["dw2"])    # dW2
+            np.matmul(m["dz"], m["w2"], out=m["dh"])      # dX2
+            np.matmul(m["dh"].T, x, out=m["dw1"])         # dW1 (no dX1)
+        return time.perf_counter() - start
+
+
+def time_interleaved(contenders: Contenders, names: list[str], repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up: first-touch page faults, BLAS and torch start-up
+        getattr(contenders, f"run_{name}")()
+    for r in range(repeats):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            times[name].append(getattr(contenders, f"run_{name}")())
+    return times
+
+
+def summarise(times: dict[str, list[float]]) -> dict:
+    out = {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "runs": t} for name, t in times.items()}
+    med = {name: v["median"] for name, v in out.items()}
+    ratios = {}
+    if "matmul" in med:
+        ratios["numpy/matmul"] = med["numpy"] / med["matmul"]
+    if "torch" in med:
+        ratios["numpy/torch"] = med["numpy"] / med["torch"]
+        if "matmul" in med:
+            ratios["torch/matmul"] = med["torch"] / med["matmul"]
+    return {"times": out, "ratios": ratios}
+
+
+def time_evaluation(contenders: Contenders, x_test, repeats: int) -> dict:
+    import torch
+
+    results: dict[str, list[float]] = {"numpy": [], "torch": []}
+    model = contenders.numpy.model
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        model.predict_logits(x_test, 1000)
+        results["numpy"].append(time.perf_counter() - start)
+        if contenders.torch is not None:
+            tm = contenders.torch.model.eval()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for i in range(0, len(x_test), 1000):
+                    tm(torch.from_numpy(x_test[i : i + 1000]))
+            results["torch"].append(time.perf_counter() - start)
+    out = {k: statistics.median(v[1:]) for k, v in results.items() if v}
+    if "torch" in out:
+        out["numpy/torch"] = out["numpy"] / out["torch"]
+    return out
+
+
+def whole_run(data_dir: str, bare_epoch: float) -> dict:
+    """The default `mlplab train` (10 epochs, validation, test, report) in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "mlplab", "train", "--data-dir", data_dir, "--out", f"{tmp}/run", "-q"]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        summary = json.loads(Path(f"{tmp}/run/summary.json").read_text()) if done.returncode == 0 else {}
+    return {
+        "returncode": done.returncode, "wall_seconds": wall, "ten_bare_epochs": 10 * bare_epoch,
+        "ratio_to_ten_bare_epochs": wall / (10 * bare_epoch), "peak_rss_mib": peak_kib / 1024,
+        "test_accuracy": summary.get("test_accuracy"), "stderr_tail": done.stderr[-500:] if done.returncode else "",
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MLPLAB_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per contender (default 5)")
+    parser.add_argument("--grid-samples", type=int, default=9000, help="samples per grid epoch (default 9000)")
+    parser.add_argument("--widths", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 4,500-sample grid epochs, no whole run")
+    parser.add_argument("--no-whole-run", action="store_true", help="skip the whole default `mlplab train` run")
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.grid_samples, args.no_whole_run = 2, 4500, True
+    try:
+        import torch
+
+        with_torch = True
+        torch_info = {"version": torch.__version__, "threads": torch.get_num_threads()}
+    except ImportError:
+        with_torch, torch_info = False, None
+    names = ["numpy", "torch", "matmul"] if with_torch else ["numpy", "matmul"]
+
+    x, y, x_test, y_test, source = load_data(args.data_dir, 45_000)
+    env = {"blas": blas_info(), "torch": torch_info, "numpy": np.__version__, "python": platform.python_version(),
+           "cpus": os.cpu_count(), "data": source, "platform": platform.platform()}
+    print(f"BLAS: {env['blas']}; torch: {torch_info}; data: {source}; {os.cpu_count()} CPUs")
+    report: dict = {"environment": env, "default": None, "grid": [], "evaluation": None, "whole_run": None}
+
+    print(f"\nDefault MLP 3072-128-10, batch 128, {len(x)} samples per epoch, {args.repeats} repeats (seconds per epoch)")
+    default = Contenders(x, y, 128, 128, with_torch)
+    result = summarise(time_interleaved(default, names, args.repeats))
+    report["default"] = result
+    for name, t in result["times"].items():
+        print(f"  {name:<7} median {t['median']:.3f}  (min {t['min']:.3f}, max {t['max']:.3f})")
+    print("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+
+    report["evaluation"] = time_evaluation(default, x_test, args.repeats)
+    ev = report["evaluation"]
+    print(f"\nEvaluation of {len(x_test)} images: numpy {ev['numpy'] * 1e3:.1f} ms"
+          + (f", torch {ev['torch'] * 1e3:.1f} ms, ratio {ev['numpy/torch']:.2f}" if "torch" in ev else ""))
+
+    gx, gy = x[: args.grid_samples], y[: args.grid_samples]
+    print(f"\nGrid: {len(gx)} samples per epoch; median seconds per epoch and ratios")
+    print(f"  {'width':>5} {'batch':>5} {'numpy':>8} {'torch':>8} {'matmul':>8} {'np/torch':>9} {'np/matmul':>10}")
+    for width in args.widths:
+        for batch in args.batch_sizes:
+            cell = summarise(time_interleaved(Contenders(gx, gy, width, batch, with_torch), names, args.repeats))
+            cell.update(width=width, batch=batch)
+            report["grid"].append(cell)
+            t, r = cell["times"], cell["ratios"]
+            torch_t = f"{t['torch']['median']:8.3f}" if "torch" in t else f"{'-':>8}"
+            print(f"  {width:>5} {batch:>5} {t['numpy']['median']:8.3f} {torch_t} {t['matmul']['median']:8.3f} "
+                  f"{r.get('numpy/torch', float('nan')):9.2f} {r['numpy/matmul']:10.2f}")
+
+    if not args.no_whole_run and source == "cifar10":
+        bare = result["times"]["numpy"]["median"]
+        print("\nWhole default run (`mlplab train`, 10 epochs, validation, test, report) in a child process ...")
+        report["whole_run"] = whole_run(args.data_dir, bare)
+        w = report["whole_run"]
+        print(f"  {w['wall_seconds']:.1f} s against ten bare epochs {w['ten_bare_epochs']:.1f} s: ratio "
+              f"{w['ratio_to_ten_bare_epochs']:.2f}; peak memory {w['peak_rss_mib']:.0f} MiB; "
+              f"test accuracy {w['test_accuracy']}")
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
