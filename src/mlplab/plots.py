@@ -28,6 +28,7 @@ CURVES_SIZE = (10.0, 4.0)
 CONFUSION_SIZE = (12.0, 5.5)
 PER_CLASS_SIZE = (10.0, 4.0)
 GRADIENTS_SIZE = (10.0, 4.0)
+GRADIENTS_INPUT_SIZE = (15.0, 4.0)  # with the input-gradient panel
 RUNS_SIZE = (12.0, 4.5)
 #: confusion-matrix cells are annotated with their values up to this many classes
 ANNOTATE_MAX_CLASSES = 20
@@ -37,6 +38,12 @@ def _figure(size):
     from matplotlib.figure import Figure
 
     return Figure(figsize=size)
+
+
+def _colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name]
 
 
 def _text_inches(texts, fontsize: float) -> float:
@@ -262,26 +269,40 @@ def plot_per_class(precision, recall, f_beta, class_names: Sequence[str] | None 
     return _finish(fig, path, left=0.7, bottom=bottom)
 
 
-def plot_gradients(steps, layers, weight_grad_norms, update_ratios, path=None, *, title: str | None = None):
-    """Per-layer gradient norms (left) and update/weight ratios (right) against the step, on log
+def plot_gradients(steps, layers, weight_grad_norms, update_ratios, path=None, *, input_grad_norms=None,
+                   title: str | None = None):
+    """Per-layer gradient norms (left), input-gradient norms (middle, only when
+    ``input_grad_norms`` is given) and update/weight ratios (right) against the step, on log
     scales; one line per layer (labelled with the layer's name). The arrays are the columns of
-    ``gradients.csv`` (one row per step and layer)."""
+    ``gradients.csv`` (one row per step and layer). Beyond ten layers the lines take colours
+    along a colour map, first layer to last, so depth reads as a gradient of colour."""
     steps = _column(steps)
     layers = np.asarray([str(layer) for layer in layers])
     norms, ratios = _column(weight_grad_norms), _column(update_ratios)
-    fig = _figure(GRADIENTS_SIZE)
-    norm_ax, ratio_ax = fig.subplots(1, 2, sharex=True)
+    inputs = None if input_grad_norms is None else _column(input_grad_norms)
+    fig = _figure(GRADIENTS_SIZE if inputs is None else GRADIENTS_INPUT_SIZE)
+    axes = fig.subplots(1, 2 if inputs is None else 3, sharex=True)
+    norm_ax, ratio_ax = axes[0], axes[-1]
+    panels = [(norm_ax, norms, "weight gradient norm")]
+    if inputs is not None:
+        panels.append((axes[1], inputs, "input gradient norm"))
+    panels.append((ratio_ax, ratios, "update / weight norm"))
     _, first = np.unique(layers, return_index=True)
-    for layer in layers[np.sort(first)]:  # in the order the layers first appear
+    order = layers[np.sort(first)]  # in the order the layers first appear
+    colors = [f"C{i}" for i in range(len(order))] if len(order) <= 10 else \
+        [_colormap("viridis")(i / (len(order) - 1)) for i in range(len(order))]
+    for layer, color in zip(order, colors):
         mask = layers == layer
-        norm_ax.plot(steps[mask], norms[mask], linewidth=1, label=layer)
-        ratio_ax.plot(steps[mask], ratios[mask], linewidth=1, label=layer)
-    for ax, label in ((norm_ax, "weight gradient norm"), (ratio_ax, "update / weight norm")):
+        for ax, values, _ in panels:
+            ax.plot(steps[mask], values[mask], linewidth=1, color=color, label=layer)
+    for ax, _, label in panels:
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     norm_ax.set_title("Gradient norm per layer")
+    if inputs is not None:
+        axes[1].set_title("Gradient at each layer's input")
     ratio_ax.set_title("Update ratio per layer")
     if norm_ax.lines:
         norm_ax.legend(fontsize=7)

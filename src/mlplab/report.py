@@ -356,8 +356,10 @@ def _gradients(doc: Document, run_dir: Path) -> None:
     if data is None:
         return
     doc.heading("Gradients")
-    plots.plot_gradients(data["step"], data["layer"], data["weight_grad_norm"], data["update_ratio"], run_dir / FIGURES["gradients"])
-    doc.figure(FIGURES["gradients"], "Weight-gradient norm and update/weight ratio of each layer during training (log scales).")
+    plots.plot_gradients(data["step"], data["layer"], data["weight_grad_norm"], data["update_ratio"], run_dir / FIGURES["gradients"],
+                         input_grad_norms=data["input_grad_norm"])
+    doc.figure(FIGURES["gradients"], "Weight-gradient norm, gradient at the layer's input (when recorded) and update/weight "
+               "ratio of each layer during training (log scales).")
 
 
 def build_report(run_dir) -> Document:

@@ -59,6 +59,9 @@ class TorchBackend:
     """:class:`mlplab.torch.MLP` trained with ``torch.optim`` on ``config.device``."""
 
     name = "torch"
+    #: set by a listener to record per-layer gradient statistics on the next step (mlplab.gradflow)
+    track_next_step = False
+    last_gradient_stats = None
 
     def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
         from mlplab.training.backends import build_model
@@ -98,6 +101,8 @@ class TorchBackend:
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         """One SGD step on x: (batch, features), y: (batch,) int; returns (mean loss, correct count)."""
+        if self.track_next_step:
+            return self._tracked_train_step(x, y, lr)
         model = self.model
         model.train()
         inputs = self._tensor(x, self.torch_dtype)
@@ -114,6 +119,62 @@ class TorchBackend:
         correct = (logits.detach().argmax(dim=1) == targets).sum()
         # One transfer (one synchronisation on a GPU) for both numbers.
         loss_value, correct_value = torch.stack((loss.detach().to(torch.float64), correct.to(torch.float64))).tolist()
+        return loss_value, int(correct_value)
+
+    def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        """``train_step`` (the same update) that also leaves each Linear's gradient norms, input
+        gradient norm (the first layer's included) and update ratio in ``last_gradient_stats``,
+        as :class:`mlplab.gradflow.LayerGradients`."""
+        from mlplab.gradflow import LayerGradients
+
+        self.track_next_step = False
+        model = self.model
+        model.train()
+        linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        layer_inputs: dict[str, torch.Tensor] = {}
+
+        def keep_input(name):
+            def hook(module, args):
+                # The tensor itself: in a residual block it is also the block's input, so its
+                # gradient includes the identity path, as in mlplab.gradflow's NumPy version.
+                args[0].retain_grad()
+                layer_inputs[name] = args[0]
+            return hook
+
+        handles = [module.register_forward_pre_hook(keep_input(name)) for name, module in linears]
+        try:
+            inputs = self._tensor(x, self.torch_dtype).requires_grad_(True)  # the first layer's dX, this step only
+            targets = self._tensor(y, torch.int64)
+            logits = model(inputs)
+            loss = self.loss(logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        weights_before = [module.weight.detach().clone() for _, module in linears]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step_count += 1
+        self.lr = lr
+
+        def norm(tensor):
+            return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float64)
+
+        rows = []
+        for (name, module), before in zip(linears, weights_before):
+            rows.append(torch.stack((norm(module.weight.grad), norm(layer_inputs[name].grad),
+                                     norm(module.weight.detach() - before), norm(before))))
+        correct = (logits.detach().argmax(dim=1) == targets).sum()
+        summary = torch.stack((loss.detach().to(torch.float64), correct.to(torch.float64)))
+        values = torch.cat((summary, *rows)).tolist()  # one transfer for everything
+        loss_value, correct_value = values[0], values[1]
+        stats = []
+        for index, (name, _) in enumerate(linears):
+            weight_grad, input_grad, change, size = values[2 + 4 * index: 6 + 4 * index]
+            stats.append(LayerGradients(name, weight_grad, input_grad, change / size if size > 0 else float("nan")))
+        self.last_gradient_stats = stats
         return loss_value, int(correct_value)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -46,6 +46,9 @@ class NumpyBackend:
     """The NumPy MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser."""
 
     name = "numpy"
+    #: set by a listener to record per-layer gradient statistics on the next step (mlplab.gradflow)
+    track_next_step = False
+    last_gradient_stats = None
 
     def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
         self.config = config
@@ -59,6 +62,8 @@ class NumpyBackend:
         return self.model.config()
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        if self.track_next_step:
+            return self._tracked_train_step(x, y, lr)
         model = self.model
         model.train()
         logits = model.forward(x)
@@ -67,6 +72,25 @@ class NumpyBackend:
         model.backward(dlogits, need_input_grad=False)
         self.optimizer.lr = lr
         self.optimizer.step()
+        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+        return loss, correct
+
+    def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        """``train_step`` (the same update) that also leaves each Linear's gradient norms, input
+        gradient norm (the first layer's included) and update ratio in ``last_gradient_stats``."""
+        from mlplab.gradflow import backward_with_input_grads, layer_statistics, linear_layers
+
+        self.track_next_step = False
+        model = self.model
+        model.train()
+        linears = linear_layers(model)
+        weights_before = [layer.params["weight"].copy() for _, layer in linears]
+        logits = model.forward(x)
+        loss, dlogits = self.loss.forward_backward(logits, y)
+        input_grads = backward_with_input_grads(model, dlogits)
+        self.optimizer.lr = lr
+        self.optimizer.step()
+        self.last_gradient_stats = layer_statistics(linears, weights_before, input_grads)
         correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
         return loss, correct
 
@@ -101,6 +125,12 @@ def make_backend(config: TrainConfig, n_inputs: int, n_classes: int, seed: np.ra
     if config.backend == "numpy":
         return NumpyBackend(config, n_inputs, n_classes, seed)
     if config.backend == "torch":
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # one rank of a torchrun launch
+            from mlplab.torch.distributed import DistributedTorchBackend
+
+            return DistributedTorchBackend(config, n_inputs, n_classes, seed)
         try:
             from mlplab.torch.backend import TorchBackend
         except ImportError as exc:

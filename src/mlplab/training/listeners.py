@@ -158,6 +158,67 @@ class RunFolderListener:
                 log.close()
 
 
+class GradientTracker:
+    """Records per-layer gradient statistics (:mod:`mlplab.gradflow`) on steps 1, every + 1,
+    2·every + 1, … (so the first step, at the initial weights, is always among them) into
+    ``gradients.csv`` (``GRADIENT_COLUMNS``), or into ``rows`` when given no path.
+
+    Before each tracked step it sets ``backend.track_next_step``; after it, it takes the rows from
+    ``backend.last_gradient_stats``. A resumed run drops the rows after its checkpoint's step.
+    """
+
+    def __init__(self, every: int, path: Path | None = None, *, resumed: bool = False):
+        self.every = int(every)
+        self.path = Path(path) if path is not None else None
+        self.resumed = resumed
+        self.log: CsvLog | None = None
+        self.rows: list[tuple] = []
+        self.warned = False
+
+    def _request(self, trainer) -> None:
+        # Step global_step + 1 comes next; track it when it is 1 more than a multiple of every.
+        trainer.backend.track_next_step = trainer.global_step % self.every == 0
+
+    def on_train_start(self, trainer) -> None:
+        from mlplab.gradflow import GRADIENT_COLUMNS
+
+        if self.path is not None:
+            if self.resumed:
+                truncate_csv(self.path, lambda row: int(row["step"]) <= trainer.global_step)
+            self.log = CsvLog(self.path, GRADIENT_COLUMNS)
+        self._request(trainer)
+
+    def on_step(self, trainer, loss: float) -> None:
+        backend = trainer.backend
+        stats = getattr(backend, "last_gradient_stats", None)
+        if stats is not None:
+            backend.last_gradient_stats = None
+            for layer in stats:
+                row = (trainer.global_step, trainer.epoch + 1, layer.layer, repr(float(layer.weight_grad_norm)),
+                       repr(float(layer.input_grad_norm)), repr(float(layer.update_ratio)))
+                if self.log is not None:
+                    self.log.write(row)
+                else:
+                    self.rows.append(row)
+        elif getattr(backend, "track_next_step", False) and not self.warned:
+            import warnings
+
+            self.warned = True  # the flag was set and never consumed: this backend cannot track
+            warnings.warn(f"--track-gradients: the {type(backend).__name__} backend records no gradient statistics")
+        self._request(trainer)
+
+    def _flush(self, trainer, *args) -> None:
+        if self.log is not None:
+            self.log.flush()
+
+    on_epoch_end = on_interrupt = on_diverged = _flush
+
+    def close(self, trainer) -> None:
+        trainer.backend.track_next_step = False
+        if self.log is not None:
+            self.log.close()
+
+
 class ReportListener:
     """Writes report.md / report.html and the figures at the end of a run."""
 
@@ -188,6 +249,8 @@ def default_listeners(config, run_dir: Path | None, *, resumed: bool = False) ->
         listeners.append(EarlyStopping(config.early_stopping))
     if run_dir is not None:
         listeners.append(RunFolderListener(run_dir, resumed=resumed))
+        if config.track_gradients:
+            listeners.append(GradientTracker(config.track_gradients, Path(run_dir) / "gradients.csv", resumed=resumed))
         if config.report:
             listeners.append(ReportListener(run_dir))
     return listeners
