@@ -158,6 +158,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup-epochs {c.warmup_epochs:g} is longer than --epochs {c.epochs}")
         if c.nproc > 1 and c.backend != "torch":
             raise ConfigError("--nproc needs --backend torch (data parallelism runs on torch.distributed)")
+        if c.nproc > 1 and c.batch_size % c.nproc:
+            raise ConfigError(f"--batch-size {c.batch_size} must be divisible by the {c.nproc} processes (each takes an equal share of every batch)")
         if c.validation_size == 0 and c.early_stopping is not None:
             raise ConfigError("--early-stopping needs a validation split (--validation-size above 0)")
         if c.data_dir is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
 import threading
 import time
@@ -425,13 +426,13 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
         else:
             config = config.validated()
         run_dir = Path(config.out) if config.out else None
-        if run_dir is not None:
+        if run_dir is not None and is_primary_process():
             prepare_run_dir(run_dir, overwrite=config.overwrite, create=False)
     if data is None:
         data = load_data(config)
     if len(data.train) < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)")
-    if run_dir is not None and checkpoint is None:
+    if run_dir is not None and checkpoint is None and is_primary_process():
         prepare_run_dir(run_dir, overwrite=config.overwrite)
     if checkpoint is not None and checkpoint.meta.get("epoch", 0) >= config.epochs and checkpoint.meta.get("step_in_epoch", 0) == 0 \
             and (run_dir / "summary.json").exists():
@@ -439,7 +440,11 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
             f"--resume: the run in {str(run_dir)!r} already finished {checkpoint.meta['epoch']} epochs; "
             "pass a larger --epochs to continue it"
         )
-    all_listeners = default_listeners(config, run_dir, resumed=checkpoint is not None) + list(listeners)
+    if is_primary_process():
+        all_listeners = default_listeners(config, run_dir, resumed=checkpoint is not None) + list(listeners)
+    else:  # another rank of a data-parallel run: rank 0 alone prints and writes the run folder
+        quiet = TrainConfig(**{**config.to_dict(), "quiet": True})
+        all_listeners = default_listeners(quiet, None) + list(listeners)
     trainer = Trainer(config, data, listeners=all_listeners, run_dir=run_dir)
     if checkpoint is not None:
         if checkpoint.meta.get("backend") != trainer.backend.name:
@@ -449,6 +454,14 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
         return trainer.run()
     finally:
         trainer.emit("close")
+        close = getattr(trainer.backend, "close", None)
+        if close is not None:
+            close()
+
+
+def is_primary_process() -> bool:
+    """False on every rank but 0 of a torchrun launch (RANK is set by torchrun)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def load_data(config: TrainConfig):
