@@ -12,6 +12,8 @@ import numbers
 
 import numpy as np
 
+from mlplab._blas import axpy
+
 
 def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
@@ -140,8 +142,7 @@ class SGD(Optimizer):
                     d = scratch
                 else:
                     d = buf
-            np.multiply(d, self.lr, out=scratch)
-            p -= scratch
+            axpy(-self.lr, d, p, scratch)
 
 
 class Adam(Optimizer):
@@ -194,8 +195,7 @@ class Adam(Optimizer):
             s2 /= bias_correction2_sqrt
             s2 += self.eps
             np.divide(m, s2, out=s2)
-            s2 *= step_size
-            p -= s2
+            axpy(-step_size, s2, p)
 
 
 class AdamW(Adam):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 from mlplab.training.checkpoint import save_checkpoint, write_json_atomic
@@ -224,11 +225,30 @@ class ReportListener:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
+        self.warm_up: threading.Thread | None = None
+
+    def on_train_start(self, trainer) -> None:
+        # Import matplotlib (about a second) in the background while training runs, mostly
+        # inside BLAS without the GIL, instead of after it.
+        self.warm_up = threading.Thread(target=_import_report_modules, name="mlplab-report-imports", daemon=True)
+        self.warm_up.start()
 
     def on_train_end(self, trainer, result) -> None:
+        if self.warm_up is not None:
+            self.warm_up.join()
         from mlplab.report import write_report
 
         write_report(self.run_dir)
+
+
+def _import_report_modules() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+        import mlplab.report  # noqa: F401
+    except Exception:  # pragma: no cover - the report itself will then say what is wrong
+        pass
 
 
 class EarlyStopping:
