@@ -29,6 +29,7 @@ BACKENDS = ("numpy", "torch")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZATIONS = ("published", "train")
+WHITENINGS = ("none", "per_image", "zca")
 
 #: options that fix the model's architecture: a resumed run may not change them
 MODEL_OPTIONS = ("hidden_dims", "activation", "use_batch_norm", "dropout", "residual", "dataset", "dtype", "backend")
@@ -44,7 +45,10 @@ class TrainConfig:
     validation_size: int | None = None  # None: the data set's own (5,000 for CIFAR-10 and MNIST)
     split_seed: int = 42
     normalization: str = "published"
+    whitening: str = "none"
+    zca_epsilon: float = 0.1
     augment: bool = False
+    augment_padding: int = 4  # with augment: random crops of up to this many pixels (0: flips only)
     # model
     hidden_dims: list[int] = field(default_factory=lambda: [128])
     activation: str = "elu"
@@ -124,6 +128,8 @@ class TrainConfig:
         c.device = _choice(c.device, "device", DEVICES)
         c.dtype = _choice(c.dtype, "dtype", DTYPES)
         c.normalization = _choice(c.normalization, "normalization", NORMALIZATIONS)
+        c.whitening = _choice(c.whitening, "whitening", WHITENINGS)
+        c.zca_epsilon = _number(c.zca_epsilon, "zca_epsilon", positive=True)
         c.hidden_dims = _widths(c.hidden_dims)
         c.lr = _number(c.lr, "lr", positive=True)
         c.momentum = _number(c.momentum, "momentum", low=0.0)
@@ -140,6 +146,7 @@ class TrainConfig:
         if c.validation_size is not None:
             c.validation_size = _integer(c.validation_size, "validation_size", low=0)
         c.nproc = _integer(c.nproc, "nproc", low=1)
+        c.augment_padding = _integer(c.augment_padding, "augment_padding", low=0)
         if c.step_epochs is not None:
             c.step_epochs = _integer(c.step_epochs, "step_epochs", low=1)
         if c.early_stopping is not None:

@@ -103,11 +103,11 @@ class TorchBackend:
         """One SGD step on x: (batch, features), y: (batch,) int; returns (mean loss, correct count)."""
         if self.track_next_step:
             return self._tracked_train_step(x, y, lr)
-        model = self.model
-        model.train()
+        x, y = self._local_batch(x, y)
+        self.model.train()
         inputs = self._tensor(x, self.torch_dtype)
         targets = self._tensor(y, torch.int64)
-        logits = model(inputs)
+        logits = self.forward_module(inputs)
         loss = self.loss(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,8 +117,22 @@ class TorchBackend:
         self.step_count += 1
         self.lr = lr
         correct = (logits.detach().argmax(dim=1) == targets).sum()
+        return self._batch_totals(loss.detach(), correct, targets.shape[0])
+
+    # Hooks that data-parallel training (mlplab.torch.distributed) overrides.
+    @property
+    def forward_module(self) -> nn.Module:
+        """The module a training step calls: the model here, its DDP wrapper on a rank."""
+        return self.model
+
+    def _local_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of the batch this process trains on: all of them here."""
+        return x, y
+
+    def _batch_totals(self, loss: torch.Tensor, correct: torch.Tensor, rows: int) -> tuple[float, int]:
+        """(mean loss, correct count) of the batch as Python numbers."""
         # One transfer (one synchronisation on a GPU) for both numbers.
-        loss_value, correct_value = torch.stack((loss.detach().to(torch.float64), correct.to(torch.float64))).tolist()
+        loss_value, correct_value = torch.stack((loss.to(torch.float64), correct.to(torch.float64))).tolist()
         return loss_value, int(correct_value)
 
     def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:

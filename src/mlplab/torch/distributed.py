@@ -61,31 +61,22 @@ class DistributedTorchBackend(TorchBackend):
         device_ids = [self.torch_device.index] if self.torch_device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
 
-    def _share(self, rows: int) -> slice:
-        per_rank = rows // self.world_size
-        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+    @property
+    def forward_module(self):
+        return self.ddp  # its backward all-reduces (averages) the gradients
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
-        """One step on the global batch x (B, D), y (B,): this rank trains on its share; the
-        returned mean loss and correct count are those of the whole batch."""
-        share = self._share(x.shape[0])
-        self.model.train()
-        inputs = self._tensor(x[share], self.torch_dtype)
-        targets = self._tensor(y[share], torch.int64)
-        logits = self.ddp(inputs)
-        loss = self.loss(logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP all-reduces (averages) the gradients here
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.step_count += 1
-        self.lr = lr
-        correct = (logits.detach().argmax(dim=1) == targets).sum()
-        totals = torch.stack((loss.detach().to(torch.float64) * targets.shape[0], correct.to(torch.float64)))
+    def _local_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Of the global batch (B rows), rows [r·B/N, (r+1)·B/N) for rank r."""
+        per_rank = x.shape[0] // self.world_size
+        share = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        return x[share], y[share]
+
+    def _batch_totals(self, loss, correct, rows: int) -> tuple[float, int]:
+        """Mean loss and correct count of the whole global batch, summed over the ranks."""
+        totals = torch.stack((loss.to(torch.float64) * rows, correct.to(torch.float64)))
         dist.all_reduce(totals)
         loss_sum, correct_sum = totals.tolist()
-        return loss_sum / x.shape[0], int(correct_sum)
+        return loss_sum / (rows * self.world_size), int(correct_sum)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Logits of all rows: each rank computes a contiguous share, then they are gathered."""

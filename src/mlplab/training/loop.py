@@ -113,7 +113,7 @@ class Trainer:
                 raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
             from mlplab.data.augment import RandomCropFlip
 
-            self.augment = RandomCropFlip(data.image_shape, rng=np.random.default_rng(augment_seed))
+            self.augment = RandomCropFlip(data.image_shape, padding=config.augment_padding, rng=np.random.default_rng(augment_seed))
         self.steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=True)
         self.schedule = make_schedule(
             config.schedule, config.lr, steps_per_epoch=self.steps_per_epoch, epochs=config.epochs,
@@ -471,4 +471,9 @@ def load_data(config: TrainConfig):
     options = {"split_seed": config.split_seed, "normalization": config.normalization}
     if config.validation_size is not None:
         options["validation_size"] = config.validation_size
-    return get_dataset(config.dataset, config.data_dir, **options)
+    data = get_dataset(config.dataset, config.data_dir, **options)
+    if config.whitening != "none":
+        from mlplab.data.whitening import whiten
+
+        whiten(data, config.whitening, zca_epsilon=config.zca_epsilon)
+    return data
