@@ -86,8 +86,10 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, digits, signum, code
     last = load_checkpoint(tmp_path / "cut" / "last.npz")
     assert last.meta["global_step"] == 23 and last.meta["step_in_epoch"] == 23 - 16
     assert not (tmp_path / "cut" / "summary.json").exists()
+    (tmp_path / "cut" / ".last.npz.abc123.tmp").write_bytes(b"half a file")  # as a kill -9 can leave
     mlplab.train(data=digits, resume=str(tmp_path / "cut"), quiet=True)
     assert_same_run(tmp_path / "full", tmp_path / "cut")
+    assert not list((tmp_path / "cut").glob(".*.tmp"))
 
 
 def test_signal_handlers_are_restored_after_training(digits):

@@ -121,6 +121,8 @@ class RunFolderListener:
         self.history: CsvLog | None = None
 
     def on_train_start(self, trainer) -> None:
+        for leftover in self.run_dir.glob(".*.tmp"):  # temporaries of a write cut short by kill -9
+            leftover.unlink(missing_ok=True)
         extra = {"resumed_at_step": trainer.global_step} if self.resumed else {}
         write_config(self.run_dir, trainer.config.to_dict(), getattr(trainer.data, "info", {}), extra)
         steps_path, history_path = self.run_dir / "steps.csv", self.run_dir / "history.csv"
