@@ -154,9 +154,12 @@ def time_evaluation(contenders: Contenders, x_test, repeats: int) -> dict:
     return out
 
 
+# The child reports its own peak memory: VmHWM, the high-water mark of its address space. Not
+# getrusage's ru_maxrss, which Linux carries over exec from the forked copy of this (large) process.
 CHILD = (
-    "import resource, sys; from mlplab.cli import main; code = main(sys.argv[1:]); "
-    "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    "import sys; from mlplab.cli import main; code = main(sys.argv[1:]); "
+    "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')] or ['-1']; "
+    "print('PEAK_RSS_KIB', hwm[0], file=sys.stderr); sys.exit(code)"
 )
 
 
@@ -173,7 +176,9 @@ def whole_run(data_dir: str, bare_epoch: float, repeats: int = 3) -> dict:
             if done.returncode:
                 failure = done.stderr[-500:]
                 break
-            peaks.append(int(done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0]) / 1024)
+            peak = int(done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
+            if peak > 0:
+                peaks.append(peak / 1024)
             accuracy = json.loads(Path(f"{tmp}/run/summary.json").read_text())["test_accuracy"]
     wall = statistics.median(walls)
     return {
