@@ -245,10 +245,18 @@ class ReportListener:
 
 def _import_report_modules() -> None:
     try:
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
+        import io
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         import mlplab.report  # noqa: F401
+
+        # One tiny figure drawn and encoded: loads the fonts and the PNG writer now, not at the end.
+        figure = Figure(figsize=(1, 1))
+        FigureCanvasAgg(figure)
+        figure.subplots().set_title("warm-up 0.5")
+        figure.savefig(io.BytesIO(), format="png", dpi=30)
     except Exception:  # pragma: no cover - the report itself will then say what is wrong
         pass
 
