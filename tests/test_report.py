@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 
@@ -196,3 +197,47 @@ def test_train_writes_the_report_unless_told_not_to(tmp_path):
     assert (tmp_path / "with" / "report.html").exists()
     train_digits(tmp_path / "without", epochs=1, report=False)
     assert not (tmp_path / "without" / "report.md").exists()
+
+
+def test_figures_drawn_in_worker_processes_are_the_same_files_as_drawn_here(run_copy, tmp_path):
+    serial = tmp_path / "serial"
+    shutil.copytree(run_copy, serial)
+    write_report(serial, parallel=False)
+    write_report(run_copy, parallel=True)
+    for name in ("loss_steps.png", "curves.png", "confusion.png", "per_class.png"):
+        assert (run_copy / name).read_bytes() == (serial / name).read_bytes(), name
+    assert (run_copy / "report.md").read_text().split("Report written")[1].split("\n", 1)[1] == \
+        (serial / "report.md").read_text().split("Report written")[1].split("\n", 1)[1]
+
+
+def _write_pid(path) -> None:
+    path.write_text(str(os.getpid()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or (os.cpu_count() or 1) < 2, reason="needs fork and two cores")
+def test_figures_are_drawn_in_other_processes_when_there_are_cores(tmp_path):
+    from mlplab import report
+
+    jobs = report.FigureJobs(parallel=True)
+    for k in range(3):
+        jobs.add(_write_pid, tmp_path / f"{k}.pid")
+    assert jobs.workers() >= 2
+    jobs.draw()
+    pids = {int((tmp_path / f"{k}.pid").read_text()) for k in range(3)}
+    assert os.getpid() not in pids
+    serial = report.FigureJobs(parallel=False)
+    serial.add(_write_pid, tmp_path / "here.pid")
+    serial.draw()
+    assert int((tmp_path / "here.pid").read_text()) == os.getpid()
+
+
+def test_a_figure_that_fails_in_a_worker_fails_the_report(run_copy, monkeypatch):
+    from mlplab import report
+
+    jobs = report.FigureJobs(parallel=True)
+    monkeypatch.setattr(jobs, "workers", lambda: 2)
+    jobs.add(np.save, run_copy / "ok.npy", np.arange(3))
+    jobs.add(np.load, run_copy / "missing.npy")
+    with pytest.raises(FileNotFoundError):
+        jobs.draw()
+    assert np.load(run_copy / "ok.npy").tolist() == [0, 1, 2]

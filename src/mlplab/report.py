@@ -18,6 +18,9 @@ import datetime as _dt
 import html
 import json
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -255,13 +258,13 @@ def _configuration(doc: Document, config: dict) -> None:
         doc.table(("", "value"), list(env.items()), numeric=())
 
 
-def _training(doc: Document, run_dir: Path, steps: list[dict], history: list[dict], summary: dict | None) -> None:
+def _training(doc: Document, figures: FigureJobs, run_dir: Path, steps: list[dict], history: list[dict], summary: dict | None) -> None:
     from mlplab import plots
 
     doc.heading("Training")
     if steps:
-        plots.plot_loss_steps(
-            [r["step"] for r in steps], [r["loss"] for r in steps], [r["epoch"] for r in steps],
+        figures.add(
+            plots.plot_loss_steps, [r["step"] for r in steps], [r["loss"] for r in steps], [r["epoch"] for r in steps],
             run_dir / FIGURES["loss_steps"],
         )
         doc.figure(FIGURES["loss_steps"], "Training loss at every step (faint), its moving average and the epoch boundaries (dashed).")
@@ -269,7 +272,7 @@ def _training(doc: Document, run_dir: Path, steps: list[dict], history: list[dic
         doc.paragraph("steps.csv is empty: no training step was logged.")
     if history:
         best = summary.get("best_epoch") if summary else None
-        plots.plot_curves(history, run_dir / FIGURES["curves"], best_epoch=best)
+        figures.add(plots.plot_curves, history, run_dir / FIGURES["curves"], best_epoch=best)
         doc.figure(FIGURES["curves"], "Train and validation loss (left) and accuracy (right) per epoch; dotted: the best epoch, whose weights are kept.")
         doc.table(
             ("epoch", "train loss", "train accuracy", "validation loss", "validation accuracy", "learning rate", "seconds"),
@@ -282,7 +285,7 @@ def _training(doc: Document, run_dir: Path, steps: list[dict], history: list[dic
         )
 
 
-def _test_results(doc: Document, run_dir: Path, summary: dict | None) -> None:
+def _test_results(doc: Document, figures: FigureJobs, run_dir: Path, summary: dict | None) -> None:
     from mlplab import plots
 
     if summary is None or not summary.get("test_confusion_matrix"):
@@ -292,7 +295,7 @@ def _test_results(doc: Document, run_dir: Path, summary: dict | None) -> None:
     total = int(cm.sum())
 
     doc.heading("Test confusion matrix")
-    plots.plot_confusion(cm, names, run_dir / FIGURES["confusion"])
+    figures.add(plots.plot_confusion, cm, names, run_dir / FIGURES["confusion"])
     doc.figure(FIGURES["confusion"], f"Test confusion matrix ({total:,} samples): counts (left) and normalised by true class (right). Rows: true class; columns: predicted class.")
     pairs = most_confused(cm, CONFUSED_PAIRS)
     if pairs:
@@ -308,7 +311,7 @@ def _test_results(doc: Document, run_dir: Path, summary: dict | None) -> None:
     doc.heading("Per-class metrics (test split)")
     by_beta = {beta: classification_metrics(cm, beta=beta) for beta in DEFAULT_BETAS}
     balanced = classification_metrics(cm, beta=1.0)
-    plots.plot_per_class(balanced["precision"], balanced["recall"], balanced["f_beta"], names, run_dir / FIGURES["per_class"])
+    figures.add(plots.plot_per_class, balanced["precision"], balanced["recall"], balanced["f_beta"], names, run_dir / FIGURES["per_class"])
     doc.figure(FIGURES["per_class"], "Precision, recall and F1 of each class on the test split.")
     doc.paragraph("F-beta per class: beta < 1 weighs precision more, beta > 1 recall (F0.1 is close to the "
                   "precision, F10 to the recall).")
@@ -349,21 +352,72 @@ def _test_results(doc: Document, run_dir: Path, summary: dict | None) -> None:
     ])
 
 
-def _gradients(doc: Document, run_dir: Path) -> None:
+def _gradients(doc: Document, figures: FigureJobs, run_dir: Path) -> None:
     from mlplab import plots
 
     data = read_gradients(run_dir / "gradients.csv")
     if data is None:
         return
     doc.heading("Gradients")
-    plots.plot_gradients(data["step"], data["layer"], data["weight_grad_norm"], data["update_ratio"], run_dir / FIGURES["gradients"],
-                         input_grad_norms=data["input_grad_norm"])
+    figures.add(plots.plot_gradients, data["step"], data["layer"], data["weight_grad_norm"], data["update_ratio"],
+                run_dir / FIGURES["gradients"], input_grad_norms=data["input_grad_norm"])
     doc.figure(FIGURES["gradients"], "Weight-gradient norm, gradient at the layer's input (when recorded) and update/weight "
                "ratio of each layer during training (log scales).")
 
 
-def build_report(run_dir) -> Document:
-    """The report of ``run_dir`` as a :class:`Document`, writing its figures into the folder."""
+class FigureJobs:
+    """The report's figures, collected while the text is built and drawn together at the end.
+
+    Drawing is mostly text layout and PNG encoding in one thread, so the figures are drawn in
+    forked worker processes, one per core (the children inherit the already imported matplotlib).
+    Without ``fork`` (Windows, macOS defaults), on one core, or if the pool cannot start, they are
+    drawn here one after another; the files are the same either way."""
+
+    def __init__(self, parallel: bool = True):
+        self.parallel = parallel
+        self.jobs: list[tuple] = []
+
+    def add(self, plot, *args, **kwargs) -> None:
+        """Queue ``plot(*args, **kwargs)``, a module-level function of :mod:`mlplab.plots`."""
+        self.jobs.append((plot, args, kwargs))
+
+    def workers(self) -> int:
+        if not self.parallel or len(self.jobs) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            return 1
+        return min(len(self.jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+    def draw(self) -> None:
+        workers = self.workers()
+        jobs, self.jobs = self.jobs, []
+        if workers > 1:
+            try:
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            except OSError:  # no processes to be had (limits): draw here
+                pool = None
+            if pool is not None:
+                with pool:
+                    # Largest first, so the longest figure does not start last.
+                    futures = [pool.submit(_draw, *job) for job in sorted(jobs, key=_cost, reverse=True)]
+                    for future in futures:
+                        future.result()
+                return
+        for job in jobs:
+            _draw(*job)
+
+
+def _draw(plot, args, kwargs) -> None:
+    plot(*args, **kwargs)  # the figure is saved by the plot function; nothing to send back
+
+
+def _cost(job) -> int:
+    from mlplab import plots
+
+    return {plots.plot_confusion: 3, plots.plot_gradients: 2}.get(job[0], 1)
+
+
+def build_report(run_dir, *, parallel: bool = True) -> Document:
+    """The report of ``run_dir`` as a :class:`Document`, writing its figures into the folder
+    (in worker processes with ``parallel``, see :class:`FigureJobs`)."""
     from mlplab.plots import read_logs
     from mlplab.training.run import read_config
 
@@ -387,22 +441,25 @@ def build_report(run_dir) -> Document:
     )
     _outcome(doc, summary)
     _configuration(doc, config)
-    _training(doc, run_dir, steps, history, summary)
-    _test_results(doc, run_dir, summary)
-    _gradients(doc, run_dir)
+    figures = FigureJobs(parallel)
+    _training(doc, figures, run_dir, steps, history, summary)
+    _test_results(doc, figures, run_dir, summary)
+    _gradients(doc, figures, run_dir)
+    figures.draw()
     return doc
 
 
-def write_report(run_dir) -> tuple[Path, Path]:
+def write_report(run_dir, *, parallel: bool = True) -> tuple[Path, Path]:
     """Write the figures, ``report.md`` and a self-contained ``report.html`` into ``run_dir``.
 
     Returns ``(md_path, html_path)``. Raises CheckpointError for a missing folder or an
     unreadable config.json/summary.json; a run without summary.json (unfinished) gets a report
-    of its curves only, and gradients.csv is plotted only when present."""
+    of its curves only, and gradients.csv is plotted only when present. ``parallel=False`` draws
+    the figures in this process (see :class:`FigureJobs`)."""
     from mlplab.training.checkpoint import write_text_atomic
 
     run_dir = Path(run_dir)
-    doc = build_report(run_dir)
+    doc = build_report(run_dir, parallel=parallel)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     write_text_atomic(md_path, doc.markdown())
     write_text_atomic(html_path, doc.html(run_dir, f"mlplab report: {run_dir.resolve().name}"))
