@@ -241,3 +241,39 @@ def test_a_figure_that_fails_in_a_worker_fails_the_report(run_copy, monkeypatch)
     with pytest.raises(FileNotFoundError):
         jobs.draw()
     assert np.load(run_copy / "ok.npy").tolist() == [0, 1, 2]
+
+
+def test_when_no_worker_process_can_be_had_the_figures_are_drawn_here(run_copy, monkeypatch):
+    import concurrent.futures
+
+    from mlplab import report
+
+    class NoFork(concurrent.futures.ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(report, "ProcessPoolExecutor", NoFork)
+    jobs = report.FigureJobs(parallel=True)
+    monkeypatch.setattr(jobs, "workers", lambda: 2)
+    jobs.add(_write_pid, run_copy / "a.pid")
+    jobs.add(_write_pid, run_copy / "b.pid")
+    jobs.draw()
+    assert {int((run_copy / n).read_text()) for n in ("a.pid", "b.pid")} == {os.getpid()}
+
+
+def _die_unless_in(parent_pid, path) -> None:
+    if os.getpid() != parent_pid:
+        os._exit(1)  # a worker killed mid-figure (say, by the OOM killer)
+    path.write_text(str(os.getpid()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_worker_that_dies_leaves_the_figures_to_this_process(run_copy, monkeypatch):
+    from mlplab import report
+
+    jobs = report.FigureJobs(parallel=True)
+    monkeypatch.setattr(jobs, "workers", lambda: 2)
+    jobs.add(_die_unless_in, os.getpid(), run_copy / "a.pid")
+    jobs.add(_die_unless_in, os.getpid(), run_copy / "b.pid")
+    jobs.draw()
+    assert {int((run_copy / n).read_text()) for n in ("a.pid", "b.pid")} == {os.getpid()}

@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -389,20 +390,29 @@ class FigureJobs:
     def draw(self) -> None:
         workers = self.workers()
         jobs, self.jobs = self.jobs, []
-        if workers > 1:
-            try:
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            except OSError:  # no processes to be had (limits): draw here
-                pool = None
-            if pool is not None:
-                with pool:
-                    # Largest first, so the longest figure does not start last.
-                    futures = [pool.submit(_draw, *job) for job in sorted(jobs, key=_cost, reverse=True)]
-                    for future in futures:
-                        future.result()
-                return
+        if workers > 1 and self._draw_in_workers(jobs, workers):
+            return
         for job in jobs:
             _draw(*job)
+
+    @staticmethod
+    def _draw_in_workers(jobs, workers: int) -> bool:
+        """Draw ``jobs`` in a pool of forked processes; False when the pool could not start or
+        a worker died (the caller then draws them all here: each file is written atomically).
+        An error raised by a plot function itself is raised here."""
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                # Largest first, so the longest figure does not start last.
+                futures = [pool.submit(_draw, *job) for job in sorted(jobs, key=_cost, reverse=True)]
+        except OSError:  # fork refused (process or memory limits)
+            return False
+        errors = [future.exception() for future in futures]
+        if any(isinstance(error, BrokenProcessPool) for error in errors):
+            return False
+        for error in errors:
+            if error is not None:
+                raise error
+        return True
 
 
 def _draw(plot, args, kwargs) -> None:
