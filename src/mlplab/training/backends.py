@@ -65,7 +65,8 @@ class NumpyBackend:
         if self.track_next_step:
             return self._tracked_train_step(x, y, lr)
         model = self.model
-        model.train()
+        if not model.training:  # walking the module tree costs ~8 µs, paid only after an evaluation
+            model.train()
         logits = model.forward(x)
         loss, dlogits = self.loss.forward_backward(logits, y)
         # The gradient with respect to the data is never used: skip the first layer's dX product.
