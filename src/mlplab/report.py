@@ -392,8 +392,8 @@ class FigureJobs:
         jobs, self.jobs = self.jobs, []
         if workers > 1 and self._draw_in_workers(jobs, workers):
             return
-        for job in jobs:
-            _draw(*job)
+        for plot, args, kwargs in jobs:
+            plot(*args, **kwargs)  # each plot function saves its own figure
 
     @staticmethod
     def _draw_in_workers(jobs, workers: int) -> bool:
@@ -416,7 +416,8 @@ class FigureJobs:
 
 
 def _draw(plot, args, kwargs) -> None:
-    plot(*args, **kwargs)  # the figure is saved by the plot function; nothing to send back
+    # In a worker: the plot function saves its figure; returning None spares pickling the Figure back.
+    plot(*args, **kwargs)
 
 
 def _cost(job) -> int:

@@ -9,7 +9,6 @@ The output folder holds the two run folders (``numpy/``, ``torch/``), ``comparis
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,9 @@ class _InitialState:
 
 
 def default_compare_dir(root: str = "runs") -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / f"compare-{stamp}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path(root) / f"compare-{stamp}-{suffix}"
-    return path
+    from mlplab.training.run import stamped_dir
+
+    return stamped_dir(root, prefix="compare-")
 
 
 def max_abs_difference(first: dict, second: dict) -> float:

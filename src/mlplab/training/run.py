@@ -29,14 +29,18 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_acc
 STEP_COLUMNS = ("epoch", "step", "loss")
 
 
-def default_run_dir(short_name: str, root: str = "runs") -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / f"{stamp}-{short_name}"
-    suffix = 1
+def stamped_dir(root: str, prefix: str = "", name: str = "") -> Path:
+    """``root/<prefix><date-time>[-<name>]``, with ``-2``, ``-3``, … appended while that exists."""
+    base = prefix + _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+    path, suffix = Path(root) / base, 1
     while path.exists():
         suffix += 1
-        path = Path(root) / f"{stamp}-{short_name}-{suffix}"
+        path = Path(root) / f"{base}-{suffix}"
     return path
+
+
+def default_run_dir(short_name: str, root: str = "runs") -> Path:
+    return stamped_dir(root, name=short_name)
 
 
 def prepare_run_dir(path, *, overwrite: bool = False, create: bool = True) -> Path:
