@@ -22,8 +22,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # =============================================================================================
 @pytest.fixture(autouse=True)
 def _isolated_mlplab_cache(tmp_path_factory, monkeypatch):
-    """Every test gets an empty $MLPLAB_CACHE, so no test reads or writes ~/.cache/mlplab."""
+    """Every test gets an empty $MLPLAB_CACHE, so no test reads or writes ~/.cache/mlplab.
+
+    The prepared float32 splits are off (a test loading the real CIFAR-10 would write 0.7 GB
+    into its fresh cache for nothing); the tests of that cache switch it on."""
     monkeypatch.setenv("MLPLAB_CACHE", str(tmp_path_factory.mktemp("mlplab-cache")))
+    monkeypatch.setenv("MLPLAB_PREPARED_CACHE", "0")
 
 
 class SyntheticCifar:

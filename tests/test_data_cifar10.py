@@ -190,6 +190,92 @@ def test_damaged_cache_entry_is_rebuilt(synthetic_cifar, tmp_path):
     np.testing.assert_array_equal(first.train.x, again.train.x)
 
 
+# -- the prepared (float32) splits, memory-mapped -----------------------------------------------
+@pytest.fixture
+def prepared_cache(monkeypatch):
+    monkeypatch.setenv("MLPLAB_PREPARED_CACHE", "1")  # conftest switches it off for other tests
+
+
+def prepared_variants(info) -> list[str]:
+    root = os.path.join(info["cache"], "prepared")
+    return sorted(name for name in os.listdir(root) if not name.startswith(".")) if os.path.isdir(root) else []
+
+
+@pytest.mark.parametrize("normalization", ["published", "train"])
+def test_second_load_maps_the_prepared_splits(prepared_cache, synthetic_cifar, tmp_path, monkeypatch, normalization):
+    source = synthetic_cifar.write_archive(tmp_path)
+    first = load(source, normalization=normalization)
+    assert first.info["prepared_cache_hit"] is False and len(prepared_variants(first.info)) == 1
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the uint8 rows were converted again")
+
+    monkeypatch.setattr(cifar10, "assemble", no_conversion)
+    second = load(source, normalization=normalization)
+    assert second.info["prepared_cache_hit"] is True
+    assert second.info["mean"] == first.info["mean"] and second.info["std"] == first.info["std"]
+    for a, b in ((first.train, second.train), (first.validation, second.validation), (first.test, second.test)):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        assert type(b.x) is np.ndarray and b.x.dtype == np.float32 and b.x.flags.c_contiguous
+
+
+def test_prepared_splits_are_copy_on_write(prepared_cache, synthetic_cifar, tmp_path):
+    source = synthetic_cifar.write_archive(tmp_path)
+    original = load(source).train.x.copy()
+    mapped = load(source)
+    assert mapped.info["prepared_cache_hit"] is True and mapped.train.x.flags.writeable
+    mapped.train.x *= 0  # in-place work (whitening does it) stays in this process
+    assert not mapped.train.x.any()
+    np.testing.assert_array_equal(load(source).train.x, original)
+
+
+def test_each_split_variant_is_prepared_apart_and_two_are_kept(prepared_cache, synthetic_cifar, tmp_path):
+    source = synthetic_cifar.write_archive(tmp_path)
+    a = load(source, split_seed=1)
+    b = load(source, split_seed=2)
+    assert not np.array_equal(a.validation.y, b.validation.y)
+    assert load(source, split_seed=1).info["prepared_cache_hit"] is True  # seed 1 is now the most recent
+    c = load(source, split_seed=3)
+    assert prepared_variants(c.info) == ["published-val50-seed1", "published-val50-seed3"]
+    again = load(source, split_seed=2)  # evicted: converted anew, with the same result
+    assert again.info["prepared_cache_hit"] is False
+    np.testing.assert_array_equal(again.validation.x, b.validation.x)
+    assert len(prepared_variants(again.info)) == 2
+
+
+def test_damaged_prepared_split_is_converted_again(prepared_cache, synthetic_cifar, tmp_path):
+    source = synthetic_cifar.write_archive(tmp_path)
+    first = load(source)
+    with open(os.path.join(first.info["cache"], "prepared", prepared_variants(first.info)[0], "val_x.npy"), "r+b") as handle:
+        handle.truncate(500)
+    again = load(source)
+    assert again.info["prepared_cache_hit"] is False
+    np.testing.assert_array_equal(first.validation.x, again.validation.x)
+    assert load(source).info["prepared_cache_hit"] is True  # and saved afresh
+
+
+def test_prepared_cache_can_be_switched_off(synthetic_cifar, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLPLAB_PREPARED_CACHE", "0")
+    source = synthetic_cifar.write_archive(tmp_path)
+    first = load(source)
+    second = load(source)
+    assert second.info["cache_hit"] is True and second.info["prepared_cache_hit"] is False
+    assert prepared_variants(first.info) == []
+
+
+def test_stale_partial_prepared_folders_are_removed(prepared_cache, synthetic_cifar, tmp_path):
+    source = synthetic_cifar.write_archive(tmp_path)
+    first = load(source)
+    root = os.path.join(first.info["cache"], "prepared")
+    stale, fresh = os.path.join(root, ".building-old"), os.path.join(root, ".building-new")
+    os.mkdir(stale)
+    os.mkdir(fresh)  # perhaps another load writing right now
+    os.utime(stale, (0, 0))
+    load(source, split_seed=5)
+    assert not os.path.exists(stale) and os.path.exists(fresh)
+
+
 def test_unwritable_cache_still_loads_with_a_warning(synthetic_cifar, tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")

@@ -116,7 +116,7 @@ def load_cifar10(data_dir=None, validation_size: int = 5000, split_seed: int = 4
     for attempt in range(2):
         (entry, meta), hit, scratch = _cache_entry(source, rebuild=attempt > 0)
         try:
-            splits = _assemble(entry, meta, validation_size, split_seed, mode)
+            splits = _assemble(entry, meta, validation_size, split_seed, mode, save=scratch is None)
             break
         except MlplabError:
             raise
@@ -128,7 +128,7 @@ def load_cifar10(data_dir=None, validation_size: int = 5000, split_seed: int = 4
         finally:
             if scratch is not None:
                 cache.discard(scratch)
-    (train_x, train_y), (val_x, val_y), (test_x, test_y), (mean, std) = splits
+    (train_x, train_y), (val_x, val_y), (test_x, test_y), (mean, std), prepared = splits
 
     official = _is_official(source.kind, meta)
     if not official:
@@ -147,6 +147,7 @@ def load_cifar10(data_dir=None, validation_size: int = 5000, split_seed: int = 4
         "downloaded": downloaded,
         "cache": None if scratch is not None else str(entry),
         "cache_hit": hit,
+        "prepared_cache_hit": prepared,
         "normalization": mode or "none",
         "mean": [float(v) for v in mean] if mean is not None else None,
         "std": [float(v) for v in std] if std is not None else None,
@@ -471,7 +472,8 @@ def _class_names(payload: bytes) -> list[str] | None:
 
 
 # -- cache -> float32 splits -------------------------------------------------------------------
-def _assemble(entry: Path, meta: dict, validation_size: int, split_seed: int, mode: str | None):
+def _assemble(entry: Path, meta: dict, validation_size: int, split_seed: int, mode: str | None, save: bool = True):
+    """(train, validation, test) as (x, y) pairs, (mean, std), and whether x came from the prepared cache."""
     n_train = int(meta["num_train"])
     if validation_size >= n_train:
         raise ConfigError(f"validation_size must be below the {n_train:,} training images, got {validation_size}")
@@ -480,6 +482,16 @@ def _assemble(entry: Path, meta: dict, validation_size: int, split_seed: int, mo
     test_y = np.load(entry / "test_y.npy")
     if labels.shape != (n_train,) or test_y.shape != (int(meta["num_test"]),):
         raise ValueError("label files do not match meta.json")
+    # The float32 splits saved by an earlier load of this variant, mapped (see cache.load_prepared).
+    variant = f"{mode or 'raw'}-val{validation_size}-seed{split_seed}"
+    shapes = {"train_x": (len(train_idx), FEATURES), "val_x": (len(val_idx), FEATURES), "test_x": (len(test_y), FEATURES)}
+    prepared = cache.load_prepared(entry, variant, shapes)
+    if prepared is not None:
+        arrays, saved = prepared
+        mean = None if saved.get("mean") is None else np.asarray(saved["mean"], np.float64)
+        std = None if saved.get("std") is None else np.asarray(saved["std"], np.float64)
+        return ((arrays["train_x"], labels[train_idx]), (arrays["val_x"], labels[val_idx]), (arrays["test_x"], test_y),
+                (mean, std), True)
     with cache.NpyRows(entry / "train_x.npy", CHUNK_ROWS) as rows:
         if rows.shape != (n_train, FEATURES):
             raise ValueError(f"train_x.npy has shape {rows.shape}")
@@ -494,4 +506,9 @@ def _assemble(entry: Path, meta: dict, validation_size: int, split_seed: int, mo
         if rows.shape != (len(test_y), FEATURES):
             raise ValueError(f"test_x.npy has shape {rows.shape}")
         (test_x,) = assemble(rows, len(test_y), [np.arange(len(test_y))], 3, 255, mean, std)
-    return (train_x, labels[train_idx]), (val_x, labels[val_idx]), (test_x, test_y), (mean, std)
+    if save:
+        cache.save_prepared(entry, variant, {"train_x": train_x, "val_x": val_x, "test_x": test_x}, {
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std],
+        })
+    return (train_x, labels[train_idx]), (val_x, labels[val_idx]), (test_x, test_y), (mean, std), False
