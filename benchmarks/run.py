@@ -122,15 +122,22 @@ def time_interleaved(contenders: Contenders, names: list[str], repeats: int) -> 
 
 def summarise(times: dict[str, list[float]]) -> dict:
     out = {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "runs": t} for name, t in times.items()}
-    med = {name: v["median"] for name, v in out.items()}
-    ratios = {}
-    if "matmul" in med:
-        ratios["numpy/matmul"] = med["numpy"] / med["matmul"]
-    if "torch" in med:
-        ratios["numpy/torch"] = med["numpy"] / med["torch"]
-        if "matmul" in med:
-            ratios["torch/matmul"] = med["torch"] / med["matmul"]
-    return {"times": out, "ratios": ratios}
+
+    def ratios_of(stat: str) -> dict:
+        value = {name: v[stat] for name, v in out.items()}
+        ratios = {}
+        if "matmul" in value:
+            ratios["numpy/matmul"] = value["numpy"] / value["matmul"]
+        if "torch" in value:
+            ratios["numpy/torch"] = value["numpy"] / value["torch"]
+            if "matmul" in value:
+                ratios["torch/matmul"] = value["torch"] / value["matmul"]
+        return ratios
+
+    # The ratios of medians are the benchmark's figures. Those of the minima are printed beside
+    # them: noise on a shared VM only ever adds time, so the fastest epoch of each contender is the
+    # steadier estimate of what the code itself costs when epochs are short (the grid's).
+    return {"times": out, "ratios": ratios_of("median"), "ratios_of_minima": ratios_of("min")}
 
 
 def time_evaluation(contenders: Contenders, x_test, repeats: int) -> dict:
@@ -172,7 +179,7 @@ def ten_bare_epochs(data_dir: str) -> float:
     return sum(contenders.run_numpy() for _ in range(10))
 
 
-def whole_run(data_dir: str, bare_epoch: float, repeats: int = 3) -> dict:
+def whole_run(data_dir: str, bare_epoch: float, repeats: int = 5) -> dict:
     """The default `mlplab train` (10 epochs, validation, test, report) in a fresh process, timed
     from the process start; the child reports its own peak resident memory.
 
@@ -250,7 +257,8 @@ def main(argv=None) -> int:
     report["default"] = result
     for name, t in result["times"].items():
         print(f"  {name:<7} median {t['median']:.3f}  (min {t['min']:.3f}, max {t['max']:.3f})")
-    print("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    print("  ratios of medians: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    print("  ratios of minima:  " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios_of_minima"].items()))
 
     report["evaluation"] = time_evaluation(default, x_test, args.repeats)
     ev = report["evaluation"]
@@ -259,7 +267,8 @@ def main(argv=None) -> int:
 
     gx, gy = x[: args.grid_samples], y[: args.grid_samples]
     print(f"\nGrid: {len(gx)} samples per epoch; median seconds per epoch and ratios")
-    print(f"  {'width':>5} {'batch':>5} {'numpy':>8} {'torch':>8} {'matmul':>8} {'np/torch':>9} {'np/matmul':>10}")
+    print(f"  {'width':>5} {'batch':>5} {'numpy':>8} {'torch':>8} {'matmul':>8} {'np/torch':>9} {'np/matmul':>10}"
+          f" {'(of minima)':>12}")
     for width in args.widths:
         for batch in args.batch_sizes:
             cell = summarise(time_interleaved(Contenders(gx, gy, width, batch, with_torch), names, args.repeats))
@@ -268,7 +277,8 @@ def main(argv=None) -> int:
             t, r = cell["times"], cell["ratios"]
             torch_t = f"{t['torch']['median']:8.3f}" if "torch" in t else f"{'-':>8}"
             print(f"  {width:>5} {batch:>5} {t['numpy']['median']:8.3f} {torch_t} {t['matmul']['median']:8.3f} "
-                  f"{r.get('numpy/torch', float('nan')):9.2f} {r['numpy/matmul']:10.2f}")
+                  f"{r.get('numpy/torch', float('nan')):9.2f} {r['numpy/matmul']:10.2f}"
+                  f" {cell['ratios_of_minima']['numpy/matmul']:12.2f}")
 
     if not args.no_whole_run and source == "cifar10":
         bare = result["times"]["numpy"]["median"]

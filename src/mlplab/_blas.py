@@ -73,3 +73,29 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray, scratch: np.ndarray | None = No
     else:
         np.multiply(x, a, out=scratch)
         y += scratch
+
+
+class Axpy:
+    """``y += a·x`` for one fixed pair of arrays: :func:`axpy` with its checks and pointer
+    lookups done once. Worth it on every step: reading ``arr.ctypes.data`` and checking the
+    flags cost ~3.7 µs a call, more than the whole BLAS update of a bias vector (~1 µs).
+    The plan holds both arrays, so the pointers stay valid as long as it lives."""
+
+    __slots__ = ("x", "y", "function", "n", "x_ptr", "y_ptr")
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = x, y
+        self.function = None
+        if (_FUNCTIONS is not None and x.dtype == y.dtype and x.shape == y.shape and y.dtype in (np.float32, np.float64)
+                and x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
+            self.function = _FUNCTIONS[0] if y.dtype == np.float32 else _FUNCTIONS[1]
+            self.n, self.x_ptr, self.y_ptr = y.size, x.ctypes.data, y.ctypes.data
+
+    def matches(self, x: np.ndarray, y: np.ndarray) -> bool:
+        return x is self.x and y is self.y
+
+    def __call__(self, a: float, scratch: np.ndarray | None = None) -> None:
+        if self.function is not None:
+            self.function(self.n, a, self.x_ptr, 1, self.y_ptr, 1)
+        else:
+            axpy(a, self.x, self.y, scratch)

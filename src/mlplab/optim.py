@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from mlplab._blas import axpy
+from mlplab._blas import Axpy
 
 
 def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
@@ -54,6 +54,16 @@ class Optimizer:
         if scratch is None or scratch.shape != like.shape or scratch.dtype != like.dtype:
             scratch = self._scratch_arrays[(index, slot)] = np.empty_like(like)
         return scratch
+
+    def _axpy(self, index: int, x: np.ndarray, y: np.ndarray) -> Axpy:
+        """The update plan ``y += a·x`` of parameter ``index``, rebuilt when the arrays change
+        (a momentum buffer appears, or load_state_dict replaces the state)."""
+        if not hasattr(self, "_axpy_plans"):
+            self._axpy_plans: dict[int, Axpy] = {}
+        plan = self._axpy_plans.get(index)
+        if plan is None or not plan.matches(x, y):
+            plan = self._axpy_plans[index] = Axpy(x, y)
+        return plan
 
     def zero_grad(self) -> None:
         for _, g in self.pairs:
@@ -142,7 +152,7 @@ class SGD(Optimizer):
                     d = scratch
                 else:
                     d = buf
-            axpy(-self.lr, d, p, scratch)
+            self._axpy(index, d, p)(-self.lr, scratch)
 
 
 class Adam(Optimizer):
@@ -195,7 +205,7 @@ class Adam(Optimizer):
             s2 /= bias_correction2_sqrt
             s2 += self.eps
             np.divide(m, s2, out=s2)
-            axpy(-step_size, s2, p)
+            self._axpy(index, s2, p)(-step_size)
 
 
 class AdamW(Adam):
