@@ -179,7 +179,7 @@ def ten_bare_epochs(data_dir: str) -> float:
     return sum(contenders.run_numpy() for _ in range(10))
 
 
-def whole_run(data_dir: str, bare_epoch: float, repeats: int = 5) -> dict:
+def whole_run(data_dir: str, bare_epoch: float, repeats: int = 7) -> dict:
     """The default `mlplab train` (10 epochs, validation, test, report) in a fresh process, timed
     from the process start; the child reports its own peak resident memory.
 
