@@ -255,6 +255,21 @@ def test_damaged_prepared_split_is_converted_again(prepared_cache, synthetic_cif
     assert load(source).info["prepared_cache_hit"] is True  # and saved afresh
 
 
+def test_a_variant_saved_meanwhile_by_another_load_is_kept(prepared_cache, tmp_path):
+    from mlplab.data import cache
+
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    shapes = {"train_x": (4, 3)}
+    first, second = np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32)
+    assert cache.save_prepared(entry, "v", {"train_x": first}, {"mean": None})
+    mapped, _ = cache.load_prepared(entry, "v", shapes)  # a run is using it
+    assert cache.save_prepared(entry, "v", {"train_x": second}, {"mean": None})  # a concurrent load's copy
+    np.testing.assert_array_equal(cache.load_prepared(entry, "v", shapes)[0]["train_x"], first)
+    np.testing.assert_array_equal(mapped["train_x"], first)
+    assert sorted(os.listdir(entry / "prepared")) == ["v"]  # the second copy is not left behind
+
+
 def test_prepared_cache_can_be_switched_off(synthetic_cifar, tmp_path, monkeypatch):
     monkeypatch.setenv("MLPLAB_PREPARED_CACHE", "0")
     source = synthetic_cifar.write_archive(tmp_path)

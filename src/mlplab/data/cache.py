@@ -197,10 +197,13 @@ def load_prepared(entry: Path, variant: str, shapes: dict[str, tuple[int, int]])
         for name, shape in shapes.items():
             array = np.load(folder / f"{name}.npy", mmap_mode="c")
             if array.shape != tuple(shape) or array.dtype != np.float32:
-                return None
+                raise ValueError(f"{name}.npy has shape {array.shape} and dtype {array.dtype}")
             arrays[name] = np.asarray(array)  # a plain ndarray view; it keeps the mapping alive
         _mark_used(folder)
     except (OSError, ValueError):
+        # Damaged (truncated, rewritten): delete it, so that this load saves a sound one.
+        # A run that still maps the old files keeps reading them (an unlinked file lives on).
+        shutil.rmtree(folder, ignore_errors=True)
         return None
     return arrays, meta
 
@@ -227,9 +230,11 @@ def save_prepared(entry: Path, variant: str, arrays: dict[str, np.ndarray], meta
             np.save(building / f"{name}.npy", array)
         _write_json(building / META, {**meta, "format": PREPARED_FORMAT})
         _mark_used(building)
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier try
-        os.rename(building, target)
-        building = None
+        if _read_json(target / META).get("format") != PREPARED_FORMAT:
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete or outdated earlier try
+            os.rename(building, target)
+            building = None
+        # else another load saved the same variant meanwhile: keep it, drop this copy (finally)
     except OSError:
         return False
     finally:
