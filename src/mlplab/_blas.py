@@ -60,12 +60,19 @@ _FUNCTIONS = _load()
 AVAILABLE = _FUNCTIONS is not None
 
 
+def _blas_function(x: np.ndarray, y: np.ndarray):
+    """The BLAS axpy that can update ``y`` from ``x`` in place, or None (NumPy's two passes then)."""
+    if (_FUNCTIONS is not None and x.dtype == y.dtype and x.shape == y.shape and y.dtype in (np.float32, np.float64)
+            and x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
+        return _FUNCTIONS[0] if y.dtype == np.float32 else _FUNCTIONS[1]
+    return None
+
+
 def axpy(a: float, x: np.ndarray, y: np.ndarray, scratch: np.ndarray | None = None) -> None:
     """y += a·x in place (x and y of one shape and dtype). ``scratch`` (like y) serves the
     NumPy fallback, which then allocates nothing."""
-    if (_FUNCTIONS is not None and x.dtype == y.dtype and x.shape == y.shape and y.dtype in (np.float32, np.float64)
-            and x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
-        function = _FUNCTIONS[0] if y.dtype == np.float32 else _FUNCTIONS[1]
+    function = _blas_function(x, y)
+    if function is not None:
         function(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
         return
     if scratch is None:
@@ -85,10 +92,8 @@ class Axpy:
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         self.x, self.y = x, y
-        self.function = None
-        if (_FUNCTIONS is not None and x.dtype == y.dtype and x.shape == y.shape and y.dtype in (np.float32, np.float64)
-                and x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
-            self.function = _FUNCTIONS[0] if y.dtype == np.float32 else _FUNCTIONS[1]
+        self.function = _blas_function(x, y)
+        if self.function is not None:
             self.n, self.x_ptr, self.y_ptr = y.size, x.ctypes.data, y.ctypes.data
 
     def matches(self, x: np.ndarray, y: np.ndarray) -> bool:

@@ -20,10 +20,9 @@ import time
 
 import numpy as np
 
+from mlplab.config import WHITENINGS
 from mlplab.data.core import CHUNK_ROWS, DatasetSplits, cache_root, warn
 from mlplab.errors import ConfigError
-
-WHITENINGS = ("none", "per_image", "zca")
 
 
 def per_image_standardize(x: np.ndarray, eps: float = 1e-6) -> None:
