@@ -123,10 +123,20 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay, "dampening": self.dampening}
 
-    def step(self) -> None:
+    @property
+    def plain(self) -> bool:
+        """Whether the update is p ← p − lr·∇ alone (no momentum, no weight decay): the form a
+        Linear layer can apply inside its backward pass (``Linear.fused_sgd_lr``)."""
+        return self.momentum == 0 and self.weight_decay == 0
+
+    def step(self, skip: frozenset[int] | set[int] = frozenset()) -> None:
+        """One update of every parameter but those whose index is in ``skip`` (weights whose
+        plain-SGD update their Linear layer already applied in backward)."""
         self.step_count += 1
         buffers = self.state["momentum_buffer"]
         for index, (p, g) in enumerate(self.pairs):
+            if index in skip:
+                continue
             # One scratch array per parameter: the update needs no fresh allocation per step
             # (large temporaries are page-faulted in anew each time).
             scratch = self._scratch(index, p)
