@@ -12,8 +12,8 @@ In one process, on the same data and the same batch order, it times one training
   preallocated operands: the limit the BLAS sets.
 Contenders are interleaved, in a rotating order, and repeated, so that noise hits all alike.
 It prints medians, min-max and the ratios, then evaluation speed (10,000 images), the whole
-default ``mlplab train`` run against ten bare epochs (also timed in a fresh process just before
-each run, so both sides see the machine alike), and its peak memory; and writes
+default ``mlplab train`` run against ten bare epochs (also timed in fresh processes just before
+and after each run, so both sides see the machine alike), and its peak memory; and writes
 everything to a JSON file (``--json``, default benchmarks/results.json).
 """
 
@@ -179,18 +179,22 @@ def ten_bare_epochs(data_dir: str) -> float:
     return sum(contenders.run_numpy() for _ in range(10))
 
 
+def _ten_bare_epochs_in_child(data_dir: str) -> float | None:
+    done = subprocess.run([sys.executable, __file__, "--data-dir", data_dir, "--ten-bare-epochs"], capture_output=True, text=True)
+    return float(done.stdout.rsplit("TEN_BARE_EPOCHS", 1)[1].split()[0]) if done.returncode == 0 else None
+
+
 def whole_run(data_dir: str, bare_epoch: float, repeats: int = 7) -> dict:
     """The default `mlplab train` (10 epochs, validation, test, report) in a fresh process, timed
     from the process start; the child reports its own peak resident memory.
 
-    Each whole run is paired with ten bare epochs timed just before it in another fresh process,
-    so that both sides of the ratio see the machine in the same state (this VM drifts by tens of
-    per cent from one minute to the next)."""
+    Each whole run is bracketed by ten bare epochs timed in another fresh process just before
+    and just after it (bare, run, bare, run, ..., bare), and compared with the mean of the two,
+    so that both sides of the ratio see the machine in the same state: this VM drifts by tens
+    of per cent from one minute to the next, and a bracket cancels a steady drift."""
     walls, peaks, own, paired, bares, accuracy, failure = [], [], [], [], [], None, ""
+    before = _ten_bare_epochs_in_child(data_dir)
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, __file__, "--data-dir", data_dir, "--ten-bare-epochs"],
-                              capture_output=True, text=True)
-        bare = float(done.stdout.rsplit("TEN_BARE_EPOCHS", 1)[1].split()[0]) if done.returncode == 0 else None
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, "-c", CHILD, "train", "--data-dir", data_dir, "--out", f"{tmp}/run", "-q"]
             start = time.perf_counter()
@@ -206,14 +210,17 @@ def whole_run(data_dir: str, bare_epoch: float, repeats: int = 7) -> dict:
             accuracy = summary["test_accuracy"]
             # The run's own ten epochs, timed inside it: the same moment as its wall time.
             own.append(walls[-1] / summary["train_seconds"])
-            if bare:
-                bares.append(bare)
-                paired.append(walls[-1] / bare)
+        after = _ten_bare_epochs_in_child(data_dir)
+        if before and after:
+            bares.append((before + after) / 2)
+            paired.append(walls[-1] / bares[-1])
+        before = after
     wall = statistics.median(walls)
     return {
         "returncode": 1 if failure else 0, "wall_seconds": wall, "runs": walls, "ten_bare_epochs": 10 * bare_epoch,
         "ratio_to_ten_bare_epochs": wall / (10 * bare_epoch),
-        "paired_ten_bare_epochs": bares, "ratio_to_paired_bare_epochs": statistics.median(paired) if paired else None,
+        "paired_ten_bare_epochs": bares, "paired_ratios": paired,
+        "ratio_to_paired_bare_epochs": statistics.median(paired) if paired else None,
         "ratio_to_own_epochs": statistics.median(own) if own else None, "peak_rss_mib": max(peaks) if peaks else None,
         "test_accuracy": accuracy, "stderr_tail": failure,
     }
@@ -288,8 +295,9 @@ def main(argv=None) -> int:
         paired = w["ratio_to_paired_bare_epochs"]
         print(f"  {w['wall_seconds']:.1f} s against ten bare epochs {w['ten_bare_epochs']:.1f} s (from the default "
               f"cell above): ratio {w['ratio_to_ten_bare_epochs']:.2f}")
-        print(f"  against ten bare epochs in a fresh process just before each run "
-              f"({', '.join(f'{b:.1f}' for b in w['paired_ten_bare_epochs'])} s): ratio "
+        print(f"  against ten bare epochs in fresh processes just before and after each run (their mean: "
+              f"{', '.join(f'{b:.1f}' for b in w['paired_ten_bare_epochs'])} s): ratios "
+              f"{', '.join(f'{r:.2f}' for r in w['paired_ratios'])}, median "
               + (f"{paired:.2f}" if paired else "-") + f"; to the run's own epochs {w['ratio_to_own_epochs']:.2f}")
         print(f"  peak memory {w['peak_rss_mib']:.0f} MiB; test accuracy {w['test_accuracy']}")
 

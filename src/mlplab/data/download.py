@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlplab import __version__
@@ -43,6 +41,11 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
     server is unreachable, the transfer stops early or the checksum differs; the partial file is
     deleted in every case.
     """
+    # imported here, not at the top: urllib.request brings http.client and email (~18 ms), and
+    # every `mlplab train` imports this module while few runs download anything
+    import urllib.error
+    import urllib.request
+
     from tqdm import tqdm
 
     dest = Path(dest)
