@@ -201,6 +201,22 @@ def test_fused_one_hot_labels_equal_int_labels():
     np.testing.assert_allclose(module.backward(logits, one_hot(labels, 4)), module.backward(logits, labels), rtol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.uint64, np.float32])
+def test_fused_loss_takes_any_integer_label_dtype(dtype):
+    # the targets are addressed by flat positions row * classes + label: an unsigned or narrow
+    # label type must give the same entries (uint64 + int64 would otherwise turn into floats)
+    logits, labels = random_problem((6, 5), seed=13)
+    module = SoftmaxCrossEntropy()
+    expected_loss, expected_grad = module.forward_backward(logits, labels.astype(np.int64))
+    for batch_logits in (logits, logits[:4]):  # a batch of another size after the first
+        n = len(batch_logits)
+        loss, grad = module.forward_backward(batch_logits, labels[:n].astype(dtype))
+        reference_loss, reference_grad = SoftmaxCrossEntropy().forward_backward(batch_logits, labels[:n].astype(np.int64))
+        assert loss == reference_loss
+        np.testing.assert_array_equal(grad, reference_grad)
+    assert module.forward_backward(logits, labels.astype(dtype))[0] == expected_loss
+
+
 def test_one_class_gives_zero_loss_and_gradient():
     logits = np.array([[5.0], [-2.0]])
     assert SoftmaxCrossEntropy().forward(logits, [0, 0]) == 0.0

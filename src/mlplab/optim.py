@@ -134,8 +134,13 @@ class SGD(Optimizer):
         plain-SGD update their Linear layer already applied in backward)."""
         self.step_count += 1
         buffers = self.state["momentum_buffer"]
+        plain = self.plain
         for index, (p, g) in enumerate(self.pairs):
             if index in skip:
+                continue
+            if plain:  # p ← p − lr·g; the scratch array serves only NumPy's fallback
+                plan = self._axpy(index, g, p)
+                plan(-self.lr, None if plan.function is not None else self._scratch(index, p))
                 continue
             # One scratch array per parameter: the update needs no fresh allocation per step
             # (large temporaries are page-faulted in anew each time).

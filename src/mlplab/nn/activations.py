@@ -54,7 +54,7 @@ class ELU(_Elementwise):
         if x.dtype == np.float32:
             # Clipped at −80 too: below about −87 exp() gives float32 subnormals, slow on x86,
             # while alpha (e − 1) = −alpha to float32 precision from −17 on anyway.
-            e = np.clip(x, -80.0, 0.0)
+            e = x.clip(-80.0, 0.0)  # (the method: np.clip's wrapper costs 1 µs more per call)
             np.exp(e, out=e)
             e_minus_1 = e - 1
         else:

@@ -101,7 +101,7 @@ class NumpyBackend:
         else:
             model.backward(dlogits, need_input_grad=False)
             optimizer.step()
-        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         return loss, correct
 
     def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
