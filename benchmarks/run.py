@@ -11,16 +11,19 @@ In one process, on the same data and the same batch order, it times one training
   gradients, without the first layer's input gradient, which training never needs), on
   preallocated operands: the limit the BLAS sets.
 Contenders are interleaved, in a rotating order, and repeated, so that noise hits all alike.
-It prints medians, min-max and the ratios, then evaluation speed (10,000 images), the whole
-default ``mlplab train`` run against ten bare epochs (also timed in fresh processes just before
-and after each run, so both sides see the machine alike), and its peak memory; and writes
-everything to a JSON file (``--json``, default benchmarks/results.json).
+It prints medians, min-max and the ratios (the median of each repeat's ratio between contenders
+that ran back to back, beside the ratios of the medians and of the minima), then evaluation
+speed (10,000 images), the whole default ``mlplab train`` run against ten bare epochs (also
+timed in fresh processes just before and after each run, so both sides see the machine alike),
+and its peak memory; and writes everything to a JSON file (``--json``, default
+benchmarks/results.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -109,10 +112,21 @@ class Contenders:
         return time.perf_counter() - start
 
 
-def time_interleaved(contenders: Contenders, names: list[str], repeats: int) -> dict[str, list[float]]:
+def time_interleaved(contenders: Contenders, names: list[str], repeats: int, min_seconds: float = 0.0,
+                     max_repeats: int = 25) -> dict[str, list[float]]:
+    """Epochs of each contender, interleaved in a rotating order: ``repeats`` of them, or more
+    (up to ``max_repeats``) where epochs are short, so that each contender's timed epochs add up
+    to ``min_seconds`` (the warm-up epoch sets the count). A grid cell of 0.15 s epochs swings by
+    tens of per cent from one epoch to the next; the median of more of them holds steadier."""
     times: dict[str, list[float]] = {name: [] for name in names}
+    warm = {}
     for name in names:  # warm-up: first-touch page faults, BLAS and torch start-up
+        start = time.perf_counter()
         getattr(contenders, f"run_{name}")()
+        warm[name] = time.perf_counter() - start
+    fastest = min(warm.values())
+    if min_seconds > 0 and fastest > 0:
+        repeats = max(repeats, min(max_repeats, math.ceil(min_seconds / fastest)))
     for r in range(repeats):
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
@@ -120,24 +134,24 @@ def time_interleaved(contenders: Contenders, names: list[str], repeats: int) -> 
     return times
 
 
+PAIRS = (("numpy", "matmul"), ("numpy", "torch"), ("torch", "matmul"))
+
+
 def summarise(times: dict[str, list[float]]) -> dict:
     out = {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "runs": t} for name, t in times.items()}
+    pairs = [(a, b) for a, b in PAIRS if a in times and b in times]
 
     def ratios_of(stat: str) -> dict:
-        value = {name: v[stat] for name, v in out.items()}
-        ratios = {}
-        if "matmul" in value:
-            ratios["numpy/matmul"] = value["numpy"] / value["matmul"]
-        if "torch" in value:
-            ratios["numpy/torch"] = value["numpy"] / value["torch"]
-            if "matmul" in value:
-                ratios["torch/matmul"] = value["torch"] / value["matmul"]
-        return ratios
+        return {f"{a}/{b}": out[a][stat] / out[b][stat] for a, b in pairs}
 
-    # The ratios of medians are the benchmark's figures. Those of the minima are printed beside
-    # them: noise on a shared VM only ever adds time, so the fastest epoch of each contender is the
-    # steadier estimate of what the code itself costs when epochs are short (the grid's).
-    return {"times": out, "ratios": ratios_of("median"), "ratios_of_minima": ratios_of("min")}
+    # The headline ratio is the median over repeats of each repeat's own ratio: within a repeat
+    # the contenders run back to back, so both sides of a ratio see the machine in one state. This
+    # VM changes state by 30-50 % for minutes at a time; when that happens partway through a
+    # cell, the medians of the two contenders can fall on opposite sides of the change (a cell
+    # once read 1.62 as a ratio of medians, 1.29 of minima and 1.33 of paired ratios). The ratios
+    # of medians and of minima (noise only ever adds time) are printed beside it.
+    paired = {f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b])) for a, b in pairs}
+    return {"times": out, "ratios": paired, "ratios_of_medians": ratios_of("median"), "ratios_of_minima": ratios_of("min")}
 
 
 def time_evaluation(contenders: Contenders, x_test, repeats: int) -> dict:
@@ -231,6 +245,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MLPLAB_DATA", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per contender (default 5)")
     parser.add_argument("--grid-samples", type=int, default=9000, help="samples per grid epoch (default 9000)")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="more repeats in a grid cell with short epochs, up to this many timed seconds per "
+                             "contender (at most 25 epochs; default 2)")
     parser.add_argument("--widths", type=int, nargs="+", default=[128, 512, 2048])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--quick", action="store_true", help="2 repeats, 4,500-sample grid epochs, no whole run")
@@ -242,7 +259,7 @@ def main(argv=None) -> int:
         print("TEN_BARE_EPOCHS", ten_bare_epochs(args.data_dir))
         return 0
     if args.quick:
-        args.repeats, args.grid_samples, args.no_whole_run = 2, 4500, True
+        args.repeats, args.grid_samples, args.no_whole_run, args.min_seconds = 2, 4500, True, 0.0
     try:
         import torch
 
@@ -264,8 +281,9 @@ def main(argv=None) -> int:
     report["default"] = result
     for name, t in result["times"].items():
         print(f"  {name:<7} median {t['median']:.3f}  (min {t['min']:.3f}, max {t['max']:.3f})")
-    print("  ratios of medians: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
-    print("  ratios of minima:  " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios_of_minima"].items()))
+    print("  ratios (median of each repeat's): " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    print("  ratios of medians:                " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios_of_medians"].items()))
+    print("  ratios of minima:                 " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios_of_minima"].items()))
 
     report["evaluation"] = time_evaluation(default, x_test, args.repeats)
     ev = report["evaluation"]
@@ -273,19 +291,23 @@ def main(argv=None) -> int:
           + (f", torch {ev['torch'] * 1e3:.1f} ms, ratio {ev['numpy/torch']:.2f}" if "torch" in ev else ""))
 
     gx, gy = x[: args.grid_samples], y[: args.grid_samples]
-    print(f"\nGrid: {len(gx)} samples per epoch; median seconds per epoch and ratios")
+    print(f"\nGrid: {len(gx)} samples per epoch, {args.repeats} timed epochs per contender or more, up to "
+          f"{args.min_seconds:g} s of them where epochs are short; median seconds per epoch, the median of each repeat's "
+          f"ratio, and the ratios of the medians and of the minima")
     print(f"  {'width':>5} {'batch':>5} {'numpy':>8} {'torch':>8} {'matmul':>8} {'np/torch':>9} {'np/matmul':>10}"
-          f" {'(of minima)':>12}")
+          f" {'(of medians':>12} {'of minima)':>11} {'epochs':>7}")
     for width in args.widths:
         for batch in args.batch_sizes:
-            cell = summarise(time_interleaved(Contenders(gx, gy, width, batch, with_torch), names, args.repeats))
-            cell.update(width=width, batch=batch)
+            cell = summarise(time_interleaved(Contenders(gx, gy, width, batch, with_torch), names, args.repeats,
+                                              args.min_seconds))
+            cell.update(width=width, batch=batch, repeats=len(cell["times"]["numpy"]["runs"]))
             report["grid"].append(cell)
             t, r = cell["times"], cell["ratios"]
             torch_t = f"{t['torch']['median']:8.3f}" if "torch" in t else f"{'-':>8}"
             print(f"  {width:>5} {batch:>5} {t['numpy']['median']:8.3f} {torch_t} {t['matmul']['median']:8.3f} "
                   f"{r.get('numpy/torch', float('nan')):9.2f} {r['numpy/matmul']:10.2f}"
-                  f" {cell['ratios_of_minima']['numpy/matmul']:12.2f}")
+                  f" {cell['ratios_of_medians']['numpy/matmul']:12.2f} {cell['ratios_of_minima']['numpy/matmul']:11.2f}"
+                  f" {cell['repeats']:7d}")
 
     if not args.no_whole_run and source == "cifar10":
         bare = result["times"]["numpy"]["median"]
