@@ -49,7 +49,11 @@ FUSE_MIN_WEIGHT = 8192
 
 
 class NumpyBackend:
-    """The NumPy MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser."""
+    """The NumPy MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser.
+
+    With plain SGD, ``train_step`` folds the update of each Linear weight of at least
+    :data:`FUSE_MIN_WEIGHT` elements into that layer's backward pass (``Linear.fused_sgd_lr``);
+    ``fuse_sgd = False`` turns that off (the same update, in two passes)."""
 
     name = "numpy"
     #: set by a listener to record per-layer gradient statistics on the next step (mlplab.gradflow)
