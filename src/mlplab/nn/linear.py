@@ -75,12 +75,10 @@ class Linear(Module):
         np.add.reduce(dout, axis=0, out=self.grads["bias"])  # (np.sum without its wrapper)
         dx = dout @ weight if need_input_grad else None  # before a fused update changes W
         lr = self.fused_sgd_lr
-        if lr is None:
+        if lr is None or not gemm_tn_update(-lr, dout, x, weight):
             np.matmul(dout.T, x, out=self.grads["weight"])
-        elif not gemm_tn_update(-lr, dout, x, weight):
-            # BLAS could not take these arrays (or is not NumPy's OpenBLAS): the same update in two steps
-            np.matmul(dout.T, x, out=self.grads["weight"])
-            axpy(-lr, self.grads["weight"], weight)
+            if lr is not None:  # BLAS could not take these arrays: the same update in two steps
+                axpy(-lr, self.grads["weight"], weight)
         return dx
 
     def extra_repr(self) -> str:

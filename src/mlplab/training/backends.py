@@ -75,8 +75,9 @@ class NumpyBackend:
         self.fuse_sgd = True
         weights = {id(module.params["weight"]): module for _, module in self.model.named_modules()
                    if isinstance(module, Linear) and module.params["weight"].size >= FUSE_MIN_WEIGHT}
-        self._fused_layers = [weights[id(p)] for p, _ in self.optimizer.pairs if id(p) in weights]
-        self._fused_indices = frozenset(i for i, (p, _) in enumerate(self.optimizer.pairs) if id(p) in weights)
+        fused = [(index, weights[id(p)]) for index, (p, _) in enumerate(self.optimizer.pairs) if id(p) in weights]
+        self._fused_layers = [layer for _, layer in fused]
+        self._fused_indices = frozenset(index for index, _ in fused)
 
     def model_config(self) -> dict:
         return self.model.config()
