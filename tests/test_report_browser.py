@@ -132,7 +132,9 @@ class Browser:
         return result["result"].get("value")
 
     def screenshot(self, path, width: int = 1280) -> None:
-        height = self.evaluate("document.documentElement.scrollHeight")
+        """The whole page at ``width`` CSS pixels as a PNG (for a person to look at)."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=800, deviceScaleFactor=1, mobile=False)
+        height = self.evaluate("document.documentElement.scrollHeight")  # once laid out at that width
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
