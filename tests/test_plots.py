@@ -97,6 +97,12 @@ def test_loss_steps_draws_every_step_the_smoothed_loss_and_epoch_boundaries(run,
     last_step_of_epoch = [max(s for s, e in zip(step, epoch) if e == k) for k in (1, 2)]
     assert drawn == last_step_of_epoch
     assert png_size(path) == expected_size(plots.LOSS_STEPS_SIZE)
+    # On a real run too, the steps after the first tenth fill at least half of the axis, and
+    # whatever lies above it is marked.
+    assert axis_share_of_later_steps(ax, np.array(loss)) >= 0.5
+    marked = [artist for artist in ax.lines if artist.get_gid() == "above the axis"]
+    above = np.array(step)[np.array(loss) > ax.get_ylim()[1]]
+    assert (marked[0].get_xdata().tolist() if marked else []) == above.tolist()
 
 
 def synthetic_steps(spike: bool, n: int = 2000, seed: int = 0):

@@ -141,9 +141,10 @@ def loss_axis_limits(losses) -> tuple[float, float] | None:
     2.2: an axis fitted to every point leaves the run a flat line at the bottom. The top is
     therefore the largest loss after the first :data:`LOSS_STEPS_SETTLED` of the steps, at most
     half their spread above their :data:`LOSS_STEPS_QUANTILE` quantile; higher points are
-    clipped (:func:`plot_loss_steps` marks them). When every point fits under a quarter of
-    that spread more, nothing is clipped. None (matplotlib's own limits) for fewer than two
-    finite losses."""
+    clipped (:func:`plot_loss_steps` marks them). Nothing is clipped when an axis holding every
+    point would still give those steps half its height (a short run's first steps are often
+    just the start of its descent). None (matplotlib's own limits) for fewer than two finite
+    losses."""
     losses = _column(losses)
     finite = losses[np.isfinite(losses)]
     if finite.size < 2:
@@ -156,7 +157,7 @@ def loss_axis_limits(losses) -> tuple[float, float] | None:
     high = float(np.quantile(later, LOSS_STEPS_QUANTILE))
     spread = high - low
     ceiling = min(float(later.max()), high + 0.5 * spread)
-    if finite.max() <= ceiling + 0.25 * spread:
+    if finite.max() - low <= 2 * (ceiling - low):
         ceiling = float(finite.max())
     pad = 0.05 * ((ceiling - low) or max(abs(low), 1.0))
     bottom = low - pad
