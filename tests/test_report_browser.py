@@ -56,7 +56,8 @@ class Browser:
         args = [
             sys.executable, "-c", plumbing, executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-extensions", "--mute-audio", "--hide-scrollbars", f"--user-data-dir={profile}",
+            "--disable-extensions", "--disable-dev-shm-usage", "--mute-audio", "--hide-scrollbars",
+            f"--user-data-dir={profile}",
             "--remote-debugging-pipe", "about:blank",
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
