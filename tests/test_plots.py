@@ -97,6 +97,58 @@ def test_loss_steps_draws_every_step_the_smoothed_loss_and_epoch_boundaries(run,
     last_step_of_epoch = [max(s for s, e in zip(step, epoch) if e == k) for k in (1, 2)]
     assert drawn == last_step_of_epoch
     assert png_size(path) == expected_size(plots.LOSS_STEPS_SIZE)
+    # On a real run too, the steps after the first tenth fill at least half of the axis, and
+    # whatever lies above it is marked.
+    assert axis_share_of_later_steps(ax, np.array(loss)) >= 0.5
+    marked = [artist for artist in ax.lines if artist.get_gid() == "above the axis"]
+    above = np.array(step)[np.array(loss) > ax.get_ylim()[1]]
+    assert (marked[0].get_xdata().tolist() if marked else []) == above.tolist()
+
+
+def synthetic_steps(spike: bool, n: int = 2000, seed: int = 0):
+    """A run's step losses: a first-steps spike up to 9 (with ``spike``), then a noisy decay
+    from 2.3 to 1.3 (the shape of the reference run's steps.csv)."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, n + 1)
+    losses = 1.3 + np.exp(-steps / (n / 3)) + rng.normal(0, 0.05, n)
+    if spike:
+        losses[:40] = rng.uniform(3.0, 9.0, 40)
+    return steps, losses
+
+
+def axis_share_of_later_steps(ax, losses) -> float:
+    """How much of the y-axis the losses after the first tenth of the run span."""
+    later = losses[losses.size // 10:]
+    bottom, top = ax.get_ylim()
+    return (later.max() - later.min()) / (top - bottom)
+
+
+def test_loss_steps_axis_shows_the_settled_run_and_marks_the_clipped_spike(tmp_path):
+    steps, losses = synthetic_steps(spike=True)
+    fig = plots.plot_loss_steps(steps, losses, path=tmp_path / "loss.png")
+    ax = fig.axes[0]
+    assert axis_share_of_later_steps(ax, losses) > 0.8  # an axis fitted to the spike leaves them under 0.2
+    bottom, top = ax.get_ylim()
+    assert bottom <= losses.min() and top >= losses[200:].max()  # every later step is inside
+    (marks,) = [artist for artist in ax.lines if artist.get_gid() == "above the axis"]
+    above = losses > top
+    assert above[:40].all() and not above[200:].any()
+    np.testing.assert_array_equal(marks.get_xdata(), steps[above])
+    assert marks.get_label() == f"{above.sum()} steps above the axis (up to {losses.max():.3g})"
+    assert marks.get_label() in [text.get_text() for text in ax.get_legend().get_texts()]
+    # The raw losses are drawn whole; only the axis is narrowed.
+    np.testing.assert_array_equal(line(ax, "loss").get_ydata(), losses)
+
+
+def test_loss_steps_axis_without_a_spike_holds_every_step(tmp_path):
+    steps, losses = synthetic_steps(spike=False)
+    ax = plots.plot_loss_steps(steps, losses).axes[0]
+    bottom, top = ax.get_ylim()
+    assert bottom <= losses.min() and top >= losses.max()
+    assert not [artist for artist in ax.lines if artist.get_gid() == "above the axis"]
+    assert axis_share_of_later_steps(ax, losses) > 0.5
+    # Too few finite losses to fit anything: matplotlib's own limits, no error.
+    plots.plot_loss_steps([1, 2], [np.nan, 2.0])
 
 
 def test_curves_draw_the_history(run, tmp_path):

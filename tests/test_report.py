@@ -19,8 +19,10 @@ from mlplab.report import FIGURES, write_report
 
 pytest.importorskip("matplotlib")
 
-SECTIONS = ["Outcome", "Configuration", "Training", "Test confusion matrix", "Per-class metrics (test split)",
-            "Precision or recall"]
+# Outcome and figures first; the configuration, reference material, last (folded in the HTML page).
+SECTIONS = ["Outcome", "Training", "Test confusion matrix", "Per-class metrics (test split)", "Precision or recall",
+            "Configuration"]
+FIGURE_ORDER = ("curves", "loss_steps", "confusion", "per_class")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -85,7 +87,7 @@ def test_report_has_every_section_and_links_existing_figures(reported):
     assert headings(markdown, 1) == ["Run report: run"]
     assert headings(markdown) == SECTIONS
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert links == [FIGURES[k] for k in ("loss_steps", "curves", "confusion", "per_class")]
+    assert links == [FIGURES[k] for k in FIGURE_ORDER]
     for link in links:
         data = (run_dir / link).read_bytes()  # relative to the report: the figure sits beside it
         assert data.startswith(PNG_SIGNATURE)
@@ -141,9 +143,37 @@ def test_html_is_self_contained_with_the_figures_embedded(reported):
     assert "<link" not in page and "<script" not in page
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 4
-    for source, name in zip(sources, ("loss_steps", "curves", "confusion", "per_class")):
+    for source, name in zip(sources, FIGURE_ORDER):
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1]) == (run_dir / FIGURES[name]).read_bytes()
+
+
+def test_html_folds_the_configuration_data_and_environment_after_the_outcome(reported):
+    run_dir, (md_path, html_path) = reported
+    page = html_path.read_text()
+    options = json.loads((run_dir / "config.json").read_text())["options"]
+    folds = re.findall(r"<details><summary>(.+?)</summary>(.*?)</details>", page, flags=re.DOTALL)
+    assert [summary for summary, _ in folds] == [
+        "Per-epoch numbers (3 epochs)", f"Training options ({len(options)})", "Data", "Environment"]
+    option_rows = re.findall(r"<tr><td>([a-z_]+)</td>", folds[1][1])
+    assert option_rows == list(options)  # the whole option table sits inside its fold
+    assert "<details open" not in page  # closed until the reader opens one
+    # The outcome and every figure come before the first table of the configuration.
+    assert page.index("<h2>Outcome</h2>") < page.index("<figure>")
+    assert page.rindex("<figure>") < page.index("<h2>Configuration</h2>") < page.index("Training options")
+    markdown = md_path.read_text()
+    assert headings(markdown, 3) == [summary for summary, _ in folds]
+    summary = summary_of(run_dir)
+    assert f"Test accuracy {100 * summary['test_accuracy']:.2f}% with the weights of epoch {summary['best_epoch']}" \
+        in markdown.split("## Training")[0]
+
+
+def test_figures_are_shown_at_one_scale_in_the_html_page(reported):
+    from mlplab.plots import CURVES_SIZE, LOSS_STEPS_SIZE
+
+    _, (_, html_path) = reported
+    widths = [int(w) for w in re.findall(r'<img src="data:[^"]*" width="(\d+)"', html_path.read_text())]
+    assert widths[:2] == [round(CURVES_SIZE[0] * 100), round(LOSS_STEPS_SIZE[0] * 100)]
 
 
 # -- optional and partial inputs ------------------------------------------------------------------
@@ -154,7 +184,7 @@ def test_gradients_csv_adds_a_figure(run_copy):
     (run_copy / "gradients.csv").write_text("\n".join(rows) + "\n")
     md_path, html_path = write_report(run_copy)
     markdown = md_path.read_text()
-    assert headings(markdown) == [*SECTIONS, "Gradients"]
+    assert headings(markdown) == [*SECTIONS[:-1], "Gradients", "Configuration"]
     assert "](gradients.png)" in markdown
     assert (run_copy / "gradients.png").read_bytes().startswith(PNG_SIGNATURE)
     assert html_path.read_text().count('src="data:image/png;base64,') == 5
@@ -165,7 +195,7 @@ def test_an_unfinished_run_gets_a_report_of_its_curves_through_the_cli(run_copy,
     assert main(["report", str(run_copy)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run_copy / 'report.md'} and {run_copy / 'report.html'}"
     markdown = (run_copy / "report.md").read_text()
-    assert headings(markdown) == ["Outcome", "Configuration", "Training"]
+    assert headings(markdown) == ["Outcome", "Training", "Configuration"]
     assert "did not finish" in markdown
     assert (run_copy / FIGURES["curves"]).exists() and not (run_copy / FIGURES["confusion"]).exists()
     assert (run_copy / "report.html").exists()

@@ -32,6 +32,11 @@ GRADIENTS_INPUT_SIZE = (15.0, 4.0)  # with the input-gradient panel
 RUNS_SIZE = (12.0, 4.5)
 #: confusion-matrix cells are annotated with their values up to this many classes
 ANNOTATE_MAX_CLASSES = 20
+#: the step-loss figure's y-axis is fitted to the steps after this share of the run (the first
+#: steps from random weights can cost several times what the rest does)...
+LOSS_STEPS_SETTLED = 0.1
+#: ...up to this quantile of their losses, so that a lone late outlier does not set it either
+LOSS_STEPS_QUANTILE = 0.995
 
 
 def _figure(size):
@@ -129,12 +134,47 @@ def fractional_epochs(epochs) -> np.ndarray:
     return epochs - 1 + position / counts[group]
 
 
+def loss_axis_limits(losses) -> tuple[float, float] | None:
+    """The y-limits ``(bottom, top)`` of the step-loss figure, fitted to the settled run.
+
+    On the reference run the first steps reach a loss of 9 while the rest lies between 1.2 and
+    2.2: an axis fitted to every point leaves the run a flat line at the bottom. The top is
+    therefore the largest loss after the first :data:`LOSS_STEPS_SETTLED` of the steps, at most
+    half their spread above their :data:`LOSS_STEPS_QUANTILE` quantile; higher points are
+    clipped (:func:`plot_loss_steps` marks them). Nothing is clipped when an axis holding every
+    point would still give those steps half its height (a short run's first steps are often
+    just the start of its descent). None (matplotlib's own limits) for fewer than two finite
+    losses."""
+    losses = _column(losses)
+    finite = losses[np.isfinite(losses)]
+    if finite.size < 2:
+        return None
+    later = losses[int(losses.size * LOSS_STEPS_SETTLED):]
+    later = later[np.isfinite(later)]
+    if later.size < 2:
+        later = finite
+    low = float(finite.min())
+    high = float(np.quantile(later, LOSS_STEPS_QUANTILE))
+    spread = high - low
+    ceiling = min(float(later.max()), high + 0.5 * spread)
+    if finite.max() - low <= 2 * (ceiling - low):
+        ceiling = float(finite.max())
+    pad = 0.05 * ((ceiling - low) or max(abs(low), 1.0))
+    bottom = low - pad
+    if low >= 0:  # a cross-entropy is never negative: no axis below zero
+        bottom = max(bottom, 0.0)
+    return bottom, ceiling + pad
+
+
 def plot_loss_steps(steps, losses, epochs=None, path=None, *, window: int | None = None, title: str | None = None):
     """The training loss at every step (thin), its moving average (:func:`smooth`) and dashed
     lines at the epoch boundaries (when ``epochs``, the epoch of each step, is given).
 
     steps, losses, epochs: the columns of ``steps.csv`` (S,). Lines are labelled ``'loss'`` and
-    ``'smoothed'``; the boundaries are the ``'epoch end'`` collection at :func:`epoch_ends`."""
+    ``'smoothed'``; the boundaries are the ``'epoch end'`` collection at :func:`epoch_ends`.
+    The y-axis shows the settled run (:func:`loss_axis_limits`); the steps whose loss lies above
+    it are marked along its top edge by a line of gid ``'above the axis'``, whose label (in the
+    legend) gives their number and highest loss."""
     steps, losses = _column(steps), _column(losses)
     fig = _figure(LOSS_STEPS_SIZE)
     ax = fig.add_subplot()
@@ -151,6 +191,15 @@ def plot_loss_steps(steps, losses, epochs=None, path=None, *, window: int | None
     ax.set_title(title or "Training loss per step")
     if steps.size:
         ax.set_xlim(steps.min(), max(steps.max(), steps.min() + 1))
+    limits = loss_axis_limits(losses)
+    if limits is not None:
+        ax.set_ylim(*limits)
+        above = np.isfinite(losses) & (losses > limits[1])
+        if above.any():
+            count, highest = int(above.sum()), float(losses[above].max())
+            ax.plot(steps[above], np.full(count, limits[1]), linestyle="none", marker="^", markersize=4, color="C3",
+                    clip_on=False, gid="above the axis",
+                    label=f"{count} step{'s' if count > 1 else ''} above the axis (up to {highest:.3g})")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
     return _finish(fig, path)

@@ -7,7 +7,9 @@ them, ``report.md`` linking those files and ``report.html`` with the same conten
 figures embedded as base64 data URIs, so the HTML file can be mailed or archived on its own.
 
 Both documents are rendered from one list of blocks (headings, paragraphs, tables, figures,
-bullet lists), so they always say the same thing.
+bullet lists, folded parts), so they always say the same thing. They open with what a reader
+wants first, the outcome and the figures; the configuration, data and environment come last,
+folded (``<details>``) in the HTML page.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,8 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 code { background: #f5f5f5; padding: 0 3px; }
+details { margin: .6em 0; }
+summary { cursor: pointer; font-weight: 600; }
 """
 
 
@@ -94,7 +99,8 @@ def _value(value) -> str:
 # -- the document: one list of blocks, two renderings -----------------------------------------
 class Document:
     """Blocks: ``('h', level, text)``, ``('p', text)``, ``('table', header, rows, numeric)``,
-    ``('figure', file name, caption)``, ``('list', items)``."""
+    ``('figure', file name, caption)``, ``('list', items)``, and ``('fold', summary)`` ...
+    ``('end fold',)`` around the blocks of a folded part (:meth:`folded`)."""
 
     def __init__(self):
         self.blocks: list[tuple] = []
@@ -115,6 +121,14 @@ class Document:
 
     def bullets(self, items) -> None:
         self.blocks.append(("list", [str(item) for item in items]))
+
+    @contextmanager
+    def folded(self, summary: str):
+        """The blocks added inside ``with doc.folded(summary):`` are a part a reader opens on
+        demand: a closed ``<details>`` in HTML, a level-3 heading in Markdown."""
+        self.blocks.append(("fold", summary))
+        yield
+        self.blocks.append(("end fold",))
 
     def markdown(self) -> str:
         out: list[str] = []
@@ -137,6 +151,8 @@ class Document:
                 out.append(f"![{caption}]({name})\n\n*{caption}*")
             elif kind == "list":
                 out.append("\n".join(f"- {item}" for item in block[1]))
+            elif kind == "fold":
+                out.append(f"### {block[1]}")
         return "\n\n".join(out) + "\n"
 
     def html(self, folder: Path, title: str) -> str:
@@ -151,6 +167,10 @@ class Document:
                 out.append(f"<h{block[1]}>{e(block[2])}</h{block[1]}>")
             elif kind == "p":
                 out.append(f"<p>{e(block[1])}</p>")
+            elif kind == "fold":
+                out.append(f"<details><summary>{e(block[1])}</summary>")
+            elif kind == "end fold":
+                out.append("</details>")
             elif kind == "table":
                 _, header, rows, numeric = block
                 out.append("<table>")
@@ -162,15 +182,27 @@ class Document:
                 out.append("</table>")
             elif kind == "figure":
                 _, name, caption = block
-                data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
+                png = (folder / name).read_bytes()
+                data = base64.b64encode(png).decode("ascii")
                 out.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{e(caption, quote=True)}">'
+                    f'<figure><img src="data:image/png;base64,{data}"{_display_width(png)} alt="{e(caption, quote=True)}">'
                     f"<figcaption>{e(caption)}</figcaption></figure>"
                 )
             elif kind == "list":
                 out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
         out += ["</body>", "</html>"]
         return "\n".join(out) + "\n"
+
+
+def _display_width(png: bytes) -> str:
+    """A ``width`` attribute showing every figure at one scale (100 CSS pixels per figure inch),
+    so a narrow figure's text is not enlarged to the page width; ``max-width`` still fits
+    wider figures to the page. Empty for bytes that are not a PNG."""
+    from mlplab.plots import DPI
+
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        return ""
+    return f' width="{round(int.from_bytes(png[16:20], "big") * 100 / DPI)}"'
 
 
 # -- reading the run folder -------------------------------------------------------------------
@@ -225,12 +257,17 @@ def _outcome(doc: Document, summary: dict | None) -> None:
                       "so there are no test results yet. The curves below show how far it got.")
         return
     epochs_run = summary.get("epochs_run")
+    doc.paragraph(
+        f"Test accuracy {_percent(summary.get('test_accuracy'))} with the weights of epoch "
+        f"{summary.get('best_epoch')} of {epochs_run}, the best by validation accuracy "
+        f"({_percent(summary.get('best_val_accuracy'))})."
+    )
     rows = [
-        ("status", summary.get("status", "—")),
+        ("test accuracy (best epoch)", _percent(summary.get("test_accuracy"))),
         ("best epoch", f"{summary.get('best_epoch')} of {epochs_run}"),
         ("best validation accuracy", _percent(summary.get("best_val_accuracy"))),
-        ("test accuracy (best epoch)", _percent(summary.get("test_accuracy"))),
         ("test loss", _number(summary.get("test_loss"))),
+        ("status", summary.get("status", "—")),
         ("training time", f"{_seconds(summary.get('train_seconds'))} ({_seconds(summary.get('seconds_per_epoch'))} per epoch)"),
         ("wall time", _seconds(summary.get("wall_seconds"))),
     ]
@@ -243,11 +280,12 @@ def _outcome(doc: Document, summary: dict | None) -> None:
 def _configuration(doc: Document, config: dict) -> None:
     doc.heading("Configuration")
     options = config.get("options", {})
-    doc.table(("option", "value"), [(name, _value(value)) for name, value in options.items()], numeric=())
+    with doc.folded(f"Training options ({len(options)})"):
+        doc.table(("option", "value"), [(name, _value(value)) for name, value in options.items()], numeric=())
     data = config.get("data") or {}
     if data:
-        doc.paragraph("Data:")
-        doc.table(("property", "value"), [(k, _value(v)) for k, v in data.items()], numeric=())
+        with doc.folded("Data"):
+            doc.table(("property", "value"), [(k, _value(v)) for k, v in data.items()], numeric=())
     env = {key: config.get(key) for key in ("mlplab_version", "git_commit", "python", "numpy", "platform", "started")
            if config.get(key) is not None}
     blas = config.get("blas") or {}
@@ -255,35 +293,38 @@ def _configuration(doc: Document, config: dict) -> None:
         threads = f", {blas['threads']} threads" if blas.get("threads") else ""
         env["blas"] = f"{blas['library']} {blas.get('version') or ''}{threads}".strip()
     if env:
-        doc.paragraph("Environment:")
-        doc.table(("", "value"), list(env.items()), numeric=())
+        with doc.folded("Environment"):
+            doc.table(("", "value"), list(env.items()), numeric=())
 
 
 def _training(doc: Document, figures: FigureJobs, run_dir: Path, steps: list[dict], history: list[dict], summary: dict | None) -> None:
     from mlplab import plots
 
     doc.heading("Training")
+    if history:
+        best = summary.get("best_epoch") if summary else None
+        figures.add(plots.plot_curves, history, run_dir / FIGURES["curves"], best_epoch=best)
+        doc.figure(FIGURES["curves"], "Train and validation loss (left) and accuracy (right) per epoch; dotted: the best epoch, whose weights are kept.")
     if steps:
         figures.add(
             plots.plot_loss_steps, [r["step"] for r in steps], [r["loss"] for r in steps], [r["epoch"] for r in steps],
             run_dir / FIGURES["loss_steps"],
         )
-        doc.figure(FIGURES["loss_steps"], "Training loss at every step (faint), its moving average and the epoch boundaries (dashed).")
+        doc.figure(FIGURES["loss_steps"], "Training loss at every step (faint), its moving average and the epoch boundaries "
+                   "(dashed); the axis shows the settled run, and the first steps above it are marked along its top edge.")
     else:
         doc.paragraph("steps.csv is empty: no training step was logged.")
     if history:
-        best = summary.get("best_epoch") if summary else None
-        figures.add(plots.plot_curves, history, run_dir / FIGURES["curves"], best_epoch=best)
-        doc.figure(FIGURES["curves"], "Train and validation loss (left) and accuracy (right) per epoch; dotted: the best epoch, whose weights are kept.")
-        doc.table(
-            ("epoch", "train loss", "train accuracy", "validation loss", "validation accuracy", "learning rate", "seconds"),
-            [
-                (int(r["epoch"]), _number(r.get("train_loss")), _percent(r.get("train_accuracy")),
-                 _number(r.get("val_loss")), _percent(r.get("val_accuracy")), _value(r.get("lr")),
-                 _number(r.get("seconds"), 2))
-                for r in history
-            ],
-        )
+        with doc.folded(f"Per-epoch numbers ({len(history)} epoch{'s' if len(history) != 1 else ''})"):
+            doc.table(
+                ("epoch", "train loss", "train accuracy", "validation loss", "validation accuracy", "learning rate", "seconds"),
+                [
+                    (int(r["epoch"]), _number(r.get("train_loss")), _percent(r.get("train_accuracy")),
+                     _number(r.get("val_loss")), _percent(r.get("val_accuracy")), _value(r.get("lr")),
+                     _number(r.get("seconds"), 2))
+                    for r in history
+                ],
+            )
 
 
 def _test_results(doc: Document, figures: FigureJobs, run_dir: Path, summary: dict | None) -> None:
@@ -450,12 +491,13 @@ def build_report(run_dir, *, parallel: bool = True) -> Document:
         f"{options.get('batch_size', '?')}, seed {options.get('seed', '?')}. Report written "
         f"{_dt.datetime.now().astimezone().isoformat(timespec='seconds')}."
     )
+    # What a reader looks for first leads; the configuration is reference, folded at the end.
     _outcome(doc, summary)
-    _configuration(doc, config)
     figures = FigureJobs(parallel)
     _training(doc, figures, run_dir, steps, history, summary)
     _test_results(doc, figures, run_dir, summary)
     _gradients(doc, figures, run_dir)
+    _configuration(doc, config)
     figures.draw()
     return doc
 
