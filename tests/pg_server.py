@@ -141,7 +141,7 @@ def _run(bin_dir: Path, user, cwd: Path, args: list[str], *, check: bool, timeou
     command = [str(bin_dir / args[0]), *args[1:]]
     identity = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
     try:
-        result = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout,
+        result = subprocess.run(command, check=False, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout,
                                 **identity)
     except (OSError, subprocess.SubprocessError) as exc:
         raise Unavailable(f"{args[0]} could not run: {exc}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,10 +18,10 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-import pg_server  # noqa: E402
+import pg_server
 
-from mlplab import sweep as sweeping  # noqa: E402
-from mlplab.cli import main  # noqa: E402
+from mlplab import sweep as sweeping
+from mlplab.cli import main
 
 #: tiny trials on digits
 BASE = ["--dataset", "digits", "--hidden-dims", "8", "--epochs", "2"]
@@ -272,3 +273,23 @@ def test_a_killed_workers_trial_is_run_again_by_another_worker(tmp_path, capsys,
     assert reruns[0].params == victim.params and reruns[0].user_attrs["pid"] == survivor.pid
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert sorted(t.params["lr"] for t in complete) == [0.05, 0.1]
+
+
+# -- the README's recipe ------------------------------------------------------------------------
+def test_the_readme_recipe_installs_a_driver_and_its_commands_parse(monkeypatch):
+    from mlplab.cli import build_parser
+
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme[readme.index("### Sweeps on several machines"):], re.DOTALL).group(1)
+    lines = [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+    extra = re.fullmatch(r'pip install "mlplab\[(\w+)\]"', lines[0]).group(1)
+    pyproject = (repo / "pyproject.toml").read_text()
+    requirements = re.search(rf"^{extra} = \[(.*)\]$", pyproject, re.MULTILINE).group(1)
+    assert "optuna" in requirements and re.search(r'"psycopg(2-binary)?[\[>"]', requirements)
+    url = re.fullmatch(rf"export {sweeping.STORAGE_VARIABLE}=(\S+)", lines[1]).group(1)
+    assert url.startswith("postgresql://") and sweeping.engine_url(url).startswith("postgresql+psycopg")
+    parser = build_parser()
+    for line in lines[2:]:
+        args = parser.parse_args(line.split()[1:])
+        assert args.command == "sweep" and args.study_name == "lr"
