@@ -235,11 +235,12 @@ def running_trial_of(url: str, name: str, pid: int):
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_run_again_by_another_worker(tmp_path, capsys, monkeypatch, postgres):
     name, out, url = "killed", tmp_path / "killed", postgres.url()
     monkeypatch.setenv(sweeping.STORAGE_VARIABLE, url)
-    # Long enough trials (100 epochs of a small net, a few seconds) that the worker is caught in one.
-    base = ["--dataset", "digits", "--hidden-dims", "32", "--epochs", "100", "--batch-size", "64"]
+    # Long enough trials (50 epochs of a small net: a second or two) that the worker is caught in one.
+    base = ["--dataset", "digits", "--hidden-dims", "32", "--epochs", "50", "--batch-size", "64"]
     grid = ["--grid", "lr=0.05,0.1"]
     code, output = run_cli(["sweep", *base, *grid, "--study-name", name, "--out", str(out), "--jobs", "0",
                             "--heartbeat", "2"], capsys)
