@@ -524,6 +524,40 @@ def _serialize_sqlite(engine) -> None:
     engine.dispose()  # connections opened while Optuna set up its tables lack the listener
 
 
+#: the PostgreSQL drivers a bare ``postgresql://`` URL may use, in order of preference, and the
+#: pip package of each (``mlplab[postgres]`` installs the first)
+POSTGRES_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
+#: the pip package that provides each database module a storage URL may need
+DRIVER_PACKAGES = {**POSTGRES_DRIVERS, "pg8000": "pg8000", "pymysql": "pymysql", "MySQLdb": "mysqlclient",
+                   "mysql": "mysql-connector-python"}
+POSTGRES_EXTRA = "pip install 'mlplab[postgres]'"
+
+
+def _importable(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:  # absent, or present but unusable (psycopg without a libpq, say)
+        return False
+    return True
+
+
+def engine_url(url: str) -> str:
+    """The URL handed to SQLAlchemy. A PostgreSQL URL that names no driver (``postgresql://``,
+    or the short ``postgres://`` that SQLAlchemy refuses) gets an installed one: SQLAlchemy's own
+    default moved from psycopg2 to psycopg 3 in version 2.1, so ``postgresql://`` alone fails
+    wherever only the other one is installed. A URL that names its driver is left as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    for driver in POSTGRES_DRIVERS:
+        # the dialect must exist in this SQLAlchemy too (psycopg 3 needs SQLAlchemy 2.0 or later)
+        if _importable(f"sqlalchemy.dialects.postgresql.{driver}") and _importable(driver):
+            return f"postgresql+{driver}://{rest}"
+    raise MissingDependencyError(f"--storage {redact(url)}: PostgreSQL needs a database driver: {POSTGRES_EXTRA}")
+
+
 def open_storage(url: str, *, heartbeat: int | None = None):
     """An Optuna RDB storage for ``url``. SQLite waits up to a minute for a busy database
     instead of failing with "database is locked". With ``heartbeat`` (seconds), running trials
@@ -543,7 +577,7 @@ def open_storage(url: str, *, heartbeat: int | None = None):
             path = url.split(":///", 1)[-1].split("?", 1)[0]
             if path and path != ":memory:" and not Path(path).parent.is_dir():
                 raise ConfigError(f"--storage {url}: the folder {str(Path(path).parent)!r} does not exist")
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        storage = optuna.storages.RDBStorage(engine_url(url), engine_kwargs=engine_kwargs, **kwargs)
     if sqlite:
         _serialize_sqlite(storage.engine)
     return storage
@@ -556,16 +590,55 @@ def _storage_errors(url: str):
         yield
     except MlplabError:
         raise
-    except ModuleNotFoundError as exc:
-        raise MissingDependencyError(f"--storage {redact(url)}: needs the database driver {exc.name!r} (pip install it)") from None
+    except ImportError as exc:
+        # Optuna re-raises a driver that fails to import as a bare ImportError; the cause names it.
+        cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+        name = (cause.name or "").split(".")[0]
+        hint = POSTGRES_EXTRA if "postgres" in url.split("://")[0].lower() else ""
+        if name == "psycopg":
+            message = f"the database driver psycopg is not installed: {POSTGRES_EXTRA}"
+        elif name == "psycopg2":
+            message = (f"the database driver psycopg2 is not installed: pip install psycopg2-binary "
+                       f"(or write the URL as postgresql://, which needs only {POSTGRES_EXTRA})")
+        elif name in DRIVER_PACKAGES:
+            message = f"the database driver {name} is not installed: pip install {DRIVER_PACKAGES[name]}"
+        elif isinstance(cause, ModuleNotFoundError) and name:
+            message = f"needs the module {name!r}, which is not installed"
+        else:
+            message = f"cannot load its database driver: {_first_line(cause, url)}" + (f" ({hint})" if hint else "")
+        raise MissingDependencyError(f"--storage {redact(url)}: {message}") from None
     except Exception as exc:
         module = type(exc).__module__ or ""
         if module.startswith(("sqlalchemy", "optuna", "sqlite3", "psycopg", "pymysql", "MySQLdb")):
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = _first_line(exc, url)
             if "Could not parse" in message or "ArgumentError" in type(exc).__name__:
                 raise ConfigError(f"--storage {url!r}: not a database URL (e.g. sqlite:///study.db, postgresql://user@host/db)") from None
+            if type(exc).__name__ == "NoSuchModuleError":  # postgresql+typo://
+                scheme = url.split("://")[0]
+                raise MissingDependencyError(f"--storage {redact(url)}: SQLAlchemy knows no database driver {scheme!r} "
+                                             "(for PostgreSQL write postgresql://, postgresql+psycopg:// or "
+                                             "postgresql+psycopg2://)") from None
             raise MlplabError(f"study storage {redact(url)}: {message}") from None
         raise
+
+
+def _first_line(exc: BaseException, url: str) -> str:
+    """The first line of a driver's error, without SQLAlchemy's ``(module.Class)`` prefix and
+    with the URL's password (should a driver ever quote it) hidden."""
+    message = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
+    message = re.sub(r"^\([\w.]+\)\s*", "", message)
+    message = re.sub(r"\s{2,}", " ", message)
+    password = None
+    with contextlib.suppress(Exception):
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    if password is None:
+        found = re.search(r"//[^:/@]+:([^@]*)@", url)
+        password = found.group(1) if found else None
+    if password:
+        message = message.replace(str(password), "***")
+    return message
 
 
 def _load_study(url: str, name: str, *, heartbeat: int | None = None, sampler=None):
