@@ -51,8 +51,9 @@ def read_bundled() -> tuple[np.ndarray, np.ndarray]:
         with source.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
             pixels, labels = archive["pixels"], archive["labels"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"the digits data shipped with mlplab ({source}) is missing or damaged "
-                        f"({type(exc).__name__}: {exc}); reinstall mlplab") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise DataError(f"the digits data shipped with mlplab ({source}) is missing or damaged ({reason}); "
+                        "reinstall mlplab") from None
     if pixels.shape != (TOTAL, 64) or labels.shape != (TOTAL,) or pixels.dtype != np.uint8 or labels.dtype != np.uint8:
         raise DataError(f"the digits data shipped with mlplab ({source}) has unexpected arrays "
                         f"(pixels {pixels.dtype}{pixels.shape}, labels {labels.dtype}{labels.shape}); reinstall mlplab")
