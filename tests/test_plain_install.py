@@ -328,9 +328,9 @@ def test_wheel_in_a_fresh_venv_runs_the_main_job(tmp_path):
         return subprocess.run([str(venv / "bin" / "mlplab"), *args], env=env, cwd=tmp_path, capture_output=True,
                               text=True, timeout=300, check=False)
 
-    where = subprocess.run([str(python), "-c", "import mlplab, importlib.util as u; print(mlplab.__file__); "
-                            "print([n for n in ('torch', 'scipy', 'sklearn', 'optuna') if u.find_spec(n)])"],
-                           env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    probe = ("import mlplab, importlib.util as u; print(mlplab.__file__); "
+             "print([n for n in ('torch', 'scipy', 'sklearn', 'optuna') if u.find_spec(n)])")
+    where = subprocess.run([str(python), "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
     assert where[0].startswith(str(venv)) and where[1] == "[]", where  # the installed copy, nothing optional
     train = mlplab(*TRAIN_ARGS, "--out", "run")
     assert train.returncode == 0 and "Traceback" not in train.stderr, train.stderr
@@ -339,3 +339,22 @@ def test_wheel_in_a_fresh_venv_runs_the_main_job(tmp_path):
     assert check.returncode == 0 and re.search(r"\b0 failed\b", check.stdout), check.stdout + check.stderr
     one_error_line(mlplab("train", "--dataset", "digits", "--backend", "torch", "--out", "torch-run"),
                    r"pip install 'mlplab\[torch\]'")
+
+
+# -- the README tells a newcomer the plain install first ---------------------------------------------
+def test_readme_main_job_installs_no_extra_and_its_extras_exist():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("Install and run the main job")
+    command = re.search(r"```bash\n(.*?)```", readme[start:], re.DOTALL).group(1).strip()
+    install = command.split("&&")[0].split()
+    assert install[:2] == ["pip", "install"] and install[-1] == "." and "[" not in command, command
+    table = readme[readme.index("### Extras"):]
+    table = table[:table.index("\n## ")]
+    named = set(re.findall(r"^\| `\[([a-z0-9_-]+)\]`", table, re.MULTILINE))
+    declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    assert {"torch", "sweep"} <= named <= declared, (named, declared)
