@@ -121,7 +121,7 @@ def test_loads_without_scikit_learn(monkeypatch):
 def test_a_damaged_data_file_is_one_data_error(monkeypatch, tmp_path):
     damaged = tmp_path / "digits.npz"
     damaged.write_bytes(b"PK\x03\x04 not really a zip file")
-    monkeypatch.setattr(digits_module.resources, "files", lambda package: tmp_path)
+    monkeypatch.setattr(digits_module, "data_file", lambda: damaged)
     with pytest.raises(DataError, match="digits data shipped with mlplab.*damaged.*reinstall"):
         load_digits()
     np.savez(damaged, pixels=np.zeros((3, 64), np.uint8), labels=np.zeros(3, np.uint8))

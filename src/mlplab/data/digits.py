@@ -44,9 +44,14 @@ STD = (0.3760,)
 DATA_FILE = "digits.npz"
 
 
+def data_file():
+    """Where the shipped arrays are (a Traversable: a path, or a member of a zipped install)."""
+    return resources.files("mlplab.data").joinpath(DATA_FILE)
+
+
 def read_bundled() -> tuple[np.ndarray, np.ndarray]:
     """The shipped arrays: pixels uint8 (1797, 64) in 0..16 and labels uint8 (1797,) in 0..9."""
-    source = resources.files("mlplab.data").joinpath(DATA_FILE)
+    source = data_file()
     try:
         with source.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
             pixels, labels = archive["pixels"], archive["labels"]
