@@ -1,15 +1,56 @@
-"""mlplab.data.digits: scikit-learn's 8x8 digits, the test suite's real data."""
+"""mlplab.data.digits: the 8x8 digits shipped with mlplab (scikit-learn's copy), the test suite's real data."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+from mlplab.data import digits as digits_module
+from mlplab.data import get_dataset
+from mlplab.data.digits import load_digits
+from mlplab.errors import ConfigError, DataError
 
-from mlplab.data import get_dataset  # noqa: E402
-from mlplab.data.digits import load_digits  # noqa: E402
-from mlplab.errors import ConfigError  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bundled_arrays_are_scikit_learns_digits_bit_for_bit():
+    datasets = pytest.importorskip("sklearn.datasets")
+    bunch = datasets.load_digits()
+    pixels, labels = digits_module.read_bundled()
+    assert pixels.dtype == np.uint8 and labels.dtype == np.uint8
+    # Compared in scikit-learn's own dtypes: every float64 pixel and int64 label must come back exact.
+    np.testing.assert_array_equal(pixels.astype(bunch.data.dtype), bunch.data, strict=True)
+    np.testing.assert_array_equal(labels.astype(bunch.target.dtype), bunch.target, strict=True)
+    # And the images mlplab hands out are those pixels, in the order of the split's indices.
+    splits = load_digits(normalize=False)
+    assert np.array_equal(np.sort(np.concatenate([splits.train.y, splits.validation.y, splits.test.y])),
+                          np.sort(bunch.target))
+
+
+def test_regeneration_script_agrees_with_the_shipped_file(tmp_path):
+    pytest.importorskip("sklearn.datasets")
+    script = REPO / "scripts" / "make_digits.py"
+    check = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Two runs write the same bytes (fixed zip timestamps), and np.load reads them back.
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    for out in (first, second):
+        subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, capture_output=True)
+    assert first.read_bytes() == second.read_bytes()
+    with np.load(first) as archive, np.load(REPO / "src" / "mlplab" / "data" / "digits.npz") as shipped:
+        for name in ("pixels", "labels"):
+            np.testing.assert_array_equal(archive[name], shipped[name], strict=True)
+
+
+def test_origin_and_licence_are_stated_next_to_the_data():
+    notice = " ".join((Path(digits_module.__file__).parent / "digits-NOTICE.txt").read_text().split())
+    for words in ("Optical Recognition of Handwritten Digits", "Alpaydin", "CC BY 4.0", "BSD 3-Clause",
+                  "scripts/make_digits.py"):
+        assert words in notice
 
 
 def test_shapes_and_metadata():
@@ -70,11 +111,19 @@ def test_softmax_regression_reaches_90_percent():
     assert accuracy >= 0.9, accuracy
 
 
-def test_missing_scikit_learn_names_the_install_command(monkeypatch):
-    import sys
+def test_loads_without_scikit_learn(monkeypatch):
+    for name in ("sklearn", "sklearn.datasets"):
+        monkeypatch.setitem(sys.modules, name, None)  # any import of it fails
+    splits = load_digits()
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (1077, 360, 360)
 
-    from mlplab.errors import MissingDependencyError
 
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
-    with pytest.raises(MissingDependencyError, match="pip install scikit-learn"):
+def test_a_damaged_data_file_is_one_data_error(monkeypatch, tmp_path):
+    damaged = tmp_path / "digits.npz"
+    damaged.write_bytes(b"PK\x03\x04 not really a zip file")
+    monkeypatch.setattr(digits_module, "data_file", lambda: damaged)
+    with pytest.raises(DataError, match="digits data shipped with mlplab.*damaged.*reinstall"):
+        load_digits()
+    np.savez(damaged, pixels=np.zeros((3, 64), np.uint8), labels=np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="unexpected arrays"):
         load_digits()

@@ -35,12 +35,10 @@ def test_unknown_option():
 
 
 def test_aliases_and_case():
-    pytest.importorskip("sklearn")
     assert get_dataset("Digits").name == "digits"
 
 
 def test_none_options_take_the_dataset_default():
-    pytest.importorskip("sklearn")
     splits = get_dataset("digits", validation_size=None, normalization=None, split_seed=None)
     assert len(splits.validation) == 360 and splits.info["split_seed"] == 42
 

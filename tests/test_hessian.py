@@ -98,7 +98,6 @@ def test_r_operator_matches_the_finite_difference_hessian(name):
 
 
 def test_exact_gelu_matches_the_finite_difference_hessian():
-    pytest.importorskip("scipy")
     model = MLP(4, [5], 3, seed=2, activation="gelu").eval()
     model.layers[1].approximate = "none"
     x, y = data()

@@ -73,6 +73,24 @@ def test_gelu_defaults_to_the_tanh_form():
     assert tanh_form != pytest.approx(exact, rel=1e-6)
 
 
+def test_exact_gelu_without_scipy(monkeypatch):
+    """Without SciPy the exact GELU takes erf from the standard library: same values, checks pass."""
+    from mlplab.nn import activations
+
+    x = np.random.default_rng(3).standard_normal((7, 5)) * 3
+    x[0, :4] = [0.0, -40.0, 40.0, 1e-300]
+    with_scipy = GELU("none").forward(x) if activations._scipy_erf() is not None else None
+    monkeypatch.setattr(activations, "_scipy_erf", lambda: None)
+    module = GELU("none")
+    out = module.forward(x)
+    expected = np.array([[v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in row] for row in x])
+    np.testing.assert_allclose(out, expected, rtol=1e-15, atol=0)
+    assert out.dtype == np.float64 and module.forward(x.astype(np.float32)).dtype == np.float32
+    if with_scipy is not None:
+        np.testing.assert_allclose(out, with_scipy, rtol=1e-15, atol=1e-15)  # 0.5(1 + erf) cancels for x < 0
+    assert all(r.passed for r in check_module(GELU("none"), x[1:]))
+
+
 def test_gelu_refuses_an_unknown_form():
     with pytest.raises(ValueError, match="GELU"):
         GELU("erf")

@@ -21,6 +21,21 @@ from mlplab.errors import MlplabError, TrainingInterrupted
 COMMANDS = ("train", "evaluate", "report", "compare", "gradcheck", "presets", "hessian", "gradflow", "sweep")
 
 
+#: what to pip install for an import name, where the two differ or an extra of mlplab provides it
+PIP_NAMES = {"sklearn": "scikit-learn", "psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'",
+             "torch": "'mlplab[torch]'", "optuna": "'mlplab[sweep]'"}
+
+
+def missing_package_message(exc: ImportError) -> str:
+    """One line for an ImportError that escaped the commands: its message and, when the missing
+    module is another package's, the pip command that installs it."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    package = (exc.name or "").partition(".")[0]
+    if package and package != "mlplab":
+        return f"{text}: pip install {PIP_NAMES.get(package, package)}"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error (for bug reports)")
@@ -67,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ImportError as exc:  # an optional package missing on a path with no message of its own
+        if args.debug:
+            raise
+        print(f"{prog}: error: {missing_package_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -128,7 +128,7 @@ def activation_derivatives(module: Module, x: np.ndarray) -> tuple[np.ndarray, n
             # h'' = sech²u · [u' + ½x(u'' − 2 tanh(u) u'²)], u'' = 6ckx
             d2 = sech2 * (du + 0.5 * x * (6 * c * k * x - 2 * t * du * du))
             return d1, d2
-        from scipy.special import erf  # GELU(approximate='none') itself needs SciPy
+        from mlplab.nn.activations import erf
 
         pdf = np.exp(-0.5 * np.minimum(x * x, 1e4)) / np.sqrt(2 * np.pi)
         cdf = 0.5 * (1 + erf(x / np.sqrt(2.0)))

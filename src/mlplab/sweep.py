@@ -462,10 +462,20 @@ def make_spec(*, grid=None, params=None, sampler: str | None = None, trials: int
     if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat < 1:
         raise ConfigError(f"--heartbeat must be a whole number of seconds above 0, got {heartbeat!r}")
     _check_configurations(base, dimensions, search)
+    _check_torch_installed(base, dimensions)
     return {
         "version": SPEC_VERSION, "search": search, "dimensions": [d.to_json() for d in dimensions], "base": base_dict,
         "trials": trials, "grid_size": grid_size, "seed": int(seed), "report": bool(report), "heartbeat": heartbeat,
     }
+
+
+def _check_torch_installed(base: TrainConfig, dimensions: list[Dimension]) -> None:
+    """Without PyTorch every torch trial would fail one by one; say it once, before the study exists."""
+    import importlib.util
+
+    swept = any(d.name == "backend" and "torch" in map(str, d.values) for d in dimensions)
+    if (base.backend == "torch" or swept) and importlib.util.find_spec("torch") is None:
+        raise MissingDependencyError("--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)")
 
 
 def _check_configurations(base: TrainConfig, dimensions: list[Dimension], search: str) -> None:

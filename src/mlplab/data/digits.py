@@ -1,4 +1,9 @@
-"""scikit-learn's bundled 8x8 digits: 1,797 images, offline -- the quick demo and the tests' real data.
+"""The 8x8 handwritten digits: 1,797 images shipped inside mlplab -- the quick demo and the tests' real data.
+
+The arrays (``digits.npz`` beside this file, 45 kB) are exactly scikit-learn's ``load_digits()``:
+the test set of the UCI "Optical Recognition of Handwritten Digits" data (Alpaydin and Kaynak,
+1998; CC BY 4.0), stored as uint8. ``digits-NOTICE.txt`` states origin and licence;
+``scripts/make_digits.py`` regenerates the file from scikit-learn, which mlplab itself does not need.
 
 Split: a fixed stratified test set of 360 images (20%, chosen with a constant seed, so it never
 changes), then a stratified validation set of ``validation_size`` (default 360) chosen by
@@ -10,6 +15,8 @@ statistics of all 1,797 images (fixed constants), 'train' those of the training 
 from __future__ import annotations
 
 import time
+import zipfile
+from importlib import resources
 
 import numpy as np
 
@@ -23,7 +30,7 @@ from mlplab.data.core import (
     resolve_normalization,
     stratified_pick,
 )
-from mlplab.errors import MissingDependencyError
+from mlplab.errors import DataError
 
 IMAGE_SHAPE = (1, 8, 8)
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -34,6 +41,28 @@ DEFAULT_VALIDATION_SIZE = 360
 #: mean and std of pixel / 16 over all 1,797 images
 MEAN = (0.3053,)
 STD = (0.3760,)
+DATA_FILE = "digits.npz"
+
+
+def data_file():
+    """Where the shipped arrays are (a Traversable: a path, or a member of a zipped install)."""
+    return resources.files("mlplab.data").joinpath(DATA_FILE)
+
+
+def read_bundled() -> tuple[np.ndarray, np.ndarray]:
+    """The shipped arrays: pixels uint8 (1797, 64) in 0..16 and labels uint8 (1797,) in 0..9."""
+    source = data_file()
+    try:
+        with source.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            pixels, labels = archive["pixels"], archive["labels"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise DataError(f"the digits data shipped with mlplab ({source}) is missing or damaged ({reason}); "
+                        "reinstall mlplab") from None
+    if pixels.shape != (TOTAL, 64) or labels.shape != (TOTAL,) or pixels.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(f"the digits data shipped with mlplab ({source}) has unexpected arrays "
+                        f"(pixels {pixels.dtype}{pixels.shape}, labels {labels.dtype}{labels.shape}); reinstall mlplab")
+    return pixels, labels
 
 
 def load_digits(data_dir=None, validation_size: int | None = None, split_seed: int = 42, download: bool = True,
@@ -41,7 +70,7 @@ def load_digits(data_dir=None, validation_size: int | None = None, split_seed: i
     """The digits as train / validation / test splits: x float32 (N, 64), y int64 (N,).
 
     ``data_dir``, ``download`` and ``progress`` are accepted for a uniform interface and unused:
-    the data ships with scikit-learn (``pip install scikit-learn``).
+    the data ships with mlplab.
     """
     del data_dir, download, progress
     started = time.perf_counter()
@@ -52,14 +81,8 @@ def load_digits(data_dir=None, validation_size: int | None = None, split_seed: i
                                 f"digits keeps {TEST_SIZE} of its {TOTAL:,} images for testing")
     split_seed = check_seed(split_seed)
     mode = resolve_normalization(normalize, normalization)
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise MissingDependencyError("the digits data set ships with scikit-learn: pip install scikit-learn "
-                                     "(or pip install 'mlplab[dev]')") from None
-    bunch = sklearn_digits()
-    pixels = bunch.data.astype(np.uint8)  # integers 0..16 stored as float64
-    labels = bunch.target.astype(np.int64)
+    pixels, labels = read_bundled()
+    labels = labels.astype(np.int64)
 
     everything = np.arange(len(labels))
     test_idx = stratified_pick(labels, everything, TEST_SIZE, np.random.default_rng(TEST_SEED))
@@ -79,7 +102,7 @@ def load_digits(data_dir=None, validation_size: int | None = None, split_seed: i
     train_x, val_x, test_x = assemble(read_rows, len(labels), [train_idx, val_idx, test_idx], 1, 16, mean, std)
     info = {
         "dataset": "digits",
-        "source": "sklearn.datasets.load_digits",
+        "source": "mlplab/data/digits.npz (UCI optdigits test set, as sklearn.datasets.load_digits)",
         "normalization": mode or "none",
         "mean": [float(v) for v in mean] if mean is not None else None,
         "std": [float(v) for v in std] if std is not None else None,
