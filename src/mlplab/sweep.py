@@ -613,7 +613,7 @@ def _storage_errors(url: str):
         elif name in DRIVER_PACKAGES:
             message = f"the database driver {name} is not installed: pip install {DRIVER_PACKAGES[name]}"
         elif isinstance(cause, ModuleNotFoundError) and name:
-            message = f"needs the module {name!r}, which is not installed"
+            message = f"needs the module {name!r}, which is not installed: pip install {name}"
         else:
             message = f"cannot load its database driver: {_first_line(cause, url)}" + (f" ({hint})" if hint else "")
         raise MissingDependencyError(f"--storage {redact(url)}: {message}") from None
