@@ -13,8 +13,9 @@ import html
 import io
 import sys
 
-__all__ = ["in_jupyter_kernel", "progress_bar_class", "InlineFigure", "train_result_html", "train_result_text",
-           "comparison_html", "comparison_text"]
+# and InlineFigure, made on first use (see __getattr__)
+__all__ = ["comparison_html", "comparison_text", "in_jupyter_kernel", "progress_bar_class", "train_result_html",
+           "train_result_text"]
 
 
 # =============================================================================================
@@ -23,13 +24,8 @@ __all__ = ["in_jupyter_kernel", "progress_bar_class", "InlineFigure", "train_res
 def in_jupyter_kernel() -> bool:
     """True inside a Jupyter kernel (JupyterLab, Notebook, VS Code, Colab), False in a terminal
     IPython or a plain interpreter. Only a kernel's shell carries a ``kernel``."""
-    ipython = sys.modules.get("IPython")  # never import IPython just to ask
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # a half-initialised or foreign IPython: treat as no kernel
-        return False
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)  # never import IPython just to ask
+    shell = get_ipython() if get_ipython is not None else None
     return getattr(shell, "kernel", None) is not None
 
 
