@@ -302,3 +302,19 @@ def test_training_in_a_notebook_without_widgets_prints_lines_and_no_bar(monkeypa
     captured = capsys.readouterr()
     assert captured.err == ""
     assert [line.split()[1] for line in captured.out.splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]
+
+
+def test_download_in_a_notebook_without_widgets_draws_no_text_bar(tmp_path, http_server, monkeypatch, capsys):
+    from mlplab.data.download import download_file
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    (folder / "blob.bin").write_bytes(bytes(range(256)) * 4096)
+    url = http_server(folder)
+    download_file(f"{url}/blob.bin", tmp_path / "plain.bin", None, progress=True)
+    assert "100%" in capsys.readouterr().err  # elsewhere the text bar stays
+    monkeypatch.setitem(sys.modules, "IPython", fake_ipython(types.SimpleNamespace(kernel=object())))
+    monkeypatch.setattr(display, "_notebook_bar", lambda: None)
+    dest = download_file(f"{url}/blob.bin", tmp_path / "notebook.bin", None, progress=True)
+    assert dest.read_bytes() == (folder / "blob.bin").read_bytes()
+    assert capsys.readouterr().err == ""
