@@ -213,6 +213,21 @@ def test_plots_return_figures_that_render_as_png(result):
     assert [line.get_label() for line in copy.axes[0].lines] == [line.get_label() for line in fig.axes[0].lines]
 
 
+def test_gradient_flow_and_spectral_density_figures_render_as_png():
+    pytest.importorskip("matplotlib")
+    from mlplab.gradflow import plot_gradient_flow
+    from mlplab.hessian import SpectralDensity, plot_density
+
+    flow = {"dataset": "digits", "depth": 2, "width": 8, "activation": "sigmoid", "batch_size": 16, "seed": 0,
+            "layers": [2, 1], "plain": {"input_grad_norms": [1e-1, 1e-3], "first_over_last": 1e-2},
+            "residual": {"input_grad_norms": [1e-1, 2e-1], "first_over_last": 2.0}}
+    density = SpectralDensity(nodes=np.array([[-1.0, 0.5, 2.0]]), weights=np.array([[0.2, 0.5, 0.3]]))
+    for fig in (plot_gradient_flow(flow), plot_density(density)):
+        png = fig._repr_png_()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", png[16:24]) == tuple(round(v * fig.dpi) for v in fig.get_size_inches())
+
+
 # =============================================================================================
 # progress bars
 # =============================================================================================
