@@ -30,8 +30,8 @@ def in_jupyter_kernel() -> bool:
 
 
 def _notebook_bar():
-    """tqdm's widget bar, or None when ipywidgets is missing (tqdm would then warn on stderr
-    at every bar and draw nothing)."""
+    """tqdm's widget bar, or None when ipywidgets is missing (there tqdm.notebook's bar raises
+    and tqdm.auto warns on stderr, then falls back to the text bar)."""
     try:
         from tqdm.notebook import IProgress, tqdm
     except ImportError:
@@ -40,12 +40,13 @@ def _notebook_bar():
 
 
 def progress_bar_class(*, kernel: bool | None = None, tty: bool | None = None):
-    """The tqdm class for the per-epoch progress bar, or None for no bar.
+    """The tqdm class for a progress bar (each epoch's, a download's), or None for no bar.
 
     In a Jupyter kernel: the widget bar when ipywidgets is installed, else none (the per-epoch
     lines are the plain-text progress: a terminal bar's carriage returns would pile up in the
     saved notebook). Elsewhere: tqdm's text bar when stderr is a terminal, else none (a log
-    file gets no bar). ``kernel`` and ``tty`` override the detection (for tests)."""
+    file gets no bar). ``kernel`` and ``tty`` override the detection (``tty=True``: the text bar
+    wherever no notebook is, as the download bar has always drawn)."""
     if kernel is None:
         kernel = in_jupyter_kernel()
     if kernel:
