@@ -216,12 +216,12 @@ def plot_gradient_flow(result: dict, path=None):
     runs from the output layer (left) back to the first layer (right), the backward pass's order.
     Lines are labelled ``'plain'`` and ``'residual'``. Saved at :data:`mlplab.plots.DPI` when given
     a ``path``; returns the :class:`~matplotlib.figure.Figure` (built without pyplot)."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from mlplab.display import InlineFigure
     from mlplab.plots import save_figure
 
-    fig = Figure(figsize=FIGURE_SIZE)
+    fig = InlineFigure(figsize=FIGURE_SIZE)  # a Figure that also shows inline in a notebook
     ax = fig.add_subplot()
     layers = np.asarray(result["layers"])
     for label, style in (("plain", "o-"), ("residual", "s-")):

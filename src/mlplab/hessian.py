@@ -656,8 +656,7 @@ def spectral_density(matvec: MatVec, dim: int, *, vectors: int = 4, steps: int =
 
 def plot_density(density: SpectralDensity, path=None, *, title: str | None = None):
     """The spectral density on a log scale (a Figure, saved as PNG when ``path`` is given)."""
-    from matplotlib.figure import Figure  # no pyplot: nothing global to register or close
-
+    from mlplab.display import InlineFigure
     from mlplab.plots import save_figure
 
     low, high = float(density.nodes.min()), float(density.nodes.max())
@@ -665,7 +664,7 @@ def plot_density(density: SpectralDensity, path=None, *, title: str | None = Non
     width = span / 200
     grid = np.linspace(low - 0.05 * span, high + 0.05 * span, 1000)
     curve = density.curve(grid, width)
-    fig = Figure(figsize=(8.0, 4.0))
+    fig = InlineFigure(figsize=(8.0, 4.0))  # no pyplot (nothing global to register or close); shows in a notebook
     ax = fig.add_subplot(1, 1, 1)
     # below a millionth of the peak the Gaussian tails of single nodes would dominate the picture
     floor = 1e-6 * max(float(curve.max()), 1e-300)

@@ -40,9 +40,9 @@ LOSS_STEPS_QUANTILE = 0.995
 
 
 def _figure(size):
-    from matplotlib.figure import Figure
+    from mlplab.display import InlineFigure  # a Figure that also shows inline in a notebook
 
-    return Figure(figsize=size)
+    return InlineFigure(figsize=size)
 
 
 def _colormap(name: str):

@@ -46,7 +46,15 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
     import urllib.error
     import urllib.request
 
-    from tqdm import tqdm
+    from mlplab.display import progress_bar_class
+
+    # Outside a notebook tqdm's text bar on stderr, as before; in a notebook its widget, or no
+    # bar without ipywidgets (the text bar's carriage returns would pile up in the output).
+    bar_class = progress_bar_class(tty=True)
+    if bar_class is None:
+        from tqdm import tqdm as bar_class
+
+        progress = False
 
     dest = Path(dest)
     try:
@@ -66,8 +74,8 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                              desc=description or dest.name, disable=not progress, leave=True) as bar:
+                    with bar_class(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                                   desc=description or dest.name, disable=not progress, leave=True) as bar:
                         while chunk := response.read(BLOCK):
                             out.write(chunk)
                             digest.update(chunk)

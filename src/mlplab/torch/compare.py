@@ -29,6 +29,21 @@ class _InitialState:
         self.state = trainer.backend.state_dict()
 
 
+class Comparison(dict):
+    """What :func:`compare` returns: a plain dict (keys listed there) that a notebook shows as a
+    small HTML table."""
+
+    def _repr_html_(self) -> str:
+        from mlplab.display import comparison_html
+
+        return comparison_html(self)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        from mlplab.display import comparison_text
+
+        printer.text(comparison_text(self))
+
+
 def default_compare_dir(root: str = "runs") -> Path:
     from mlplab.training.run import stamped_dir
 
@@ -43,12 +58,12 @@ def max_abs_difference(first: dict, second: dict) -> float:
                 for k in first), default=0.0)
 
 
-def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners=(), **options) -> dict:
+def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners=(), **options) -> Comparison:
     """Train the NumPy and the PyTorch MLP of ``config`` (or of ``options``, as for
     :func:`mlplab.train`) into ``out/numpy`` and ``out/torch``, then write the comparison.
 
     ``data``: a ready DatasetSplits (else ``config.dataset`` is loaded once, for both runs).
-    Returns a dict: ``out``, ``runs`` (backend -> run folder), ``rows`` (per backend: test
+    Returns a :class:`Comparison` (a dict): ``out``, ``runs`` (backend -> run folder), ``rows`` (per backend: test
     accuracy, best validation accuracy, best epoch, seconds per epoch, device),
     ``val_accuracies`` (backend -> list), ``initial_max_abs_diff``, ``first_loss``
     (backend -> loss of the first step), ``table`` (the markdown text), ``figure`` and
@@ -91,7 +106,7 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
         }
         for backend in BACKENDS
     ]
-    comparison = {
+    comparison = Comparison({
         "out": out,
         "runs": runs,
         "rows": rows,
@@ -99,7 +114,7 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
         "initial_max_abs_diff": max_abs_difference(initial["numpy"], initial["torch"]),
         "first_loss": first_loss,
         "config": config.to_dict(),
-    }
+    })
     comparison["table"] = comparison_markdown(comparison, config, data)
     write_text_atomic(out / "comparison.md", comparison["table"])
     write_json_atomic(out / "comparison.json", {k: v for k, v in comparison.items() if k != "table"})

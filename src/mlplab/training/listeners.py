@@ -54,11 +54,14 @@ class ConsoleListener:
         )
 
     def on_epoch_start(self, trainer) -> None:
-        if self.quiet or not sys.stderr.isatty():
+        if self.quiet:
             return
-        from tqdm import tqdm
+        from mlplab.display import progress_bar_class
 
-        self.bar = tqdm(
+        bar_class = progress_bar_class()  # a widget in a notebook, text in a terminal, else none
+        if bar_class is None:
+            return
+        self.bar = bar_class(
             total=trainer.steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {trainer.epoch + 1}",
             leave=False, mininterval=0.25, unit="batch", dynamic_ncols=True,
         )

@@ -60,6 +60,17 @@ class TrainResult:
     def val_accuracies(self) -> list[float | None]:
         return [row["val_accuracy"] for row in self.history]
 
+    def _repr_html_(self) -> str:
+        # In a notebook, the outcome as a small table instead of the dataclass's long repr.
+        from mlplab.display import train_result_html
+
+        return train_result_html(self)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        from mlplab.display import train_result_text
+
+        printer.text(train_result_text(self))
+
 
 def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000, tta_flip: bool = False,
                    image_shape=None) -> EvalResult:
