@@ -228,6 +228,19 @@ def test_trackers_switched_on_at_resume_get_the_earlier_epochs_too(tmp_path, sto
     assert [m.step for m in client.get_metric_history(mlflow_run(client, run_dir).info.run_id, "val_accuracy")] == [1, 2, 3]
 
 
+def test_an_overwritten_runs_tracking_files_are_not_taken_for_the_new_run(tmp_path, store):
+    uri, client, experiment = store
+    run_dir = tmp_path / "run"
+    tracked = {"tensorboard": True, "mlflow": uri, "mlflow_experiment": experiment}
+    mlplab.train(**{**TINY, "epochs": 3, "lr": 0.3, "out": str(run_dir), **tracked})
+    first = mlflow_run(client, run_dir).info.run_id
+    mlplab.train(**{**TINY, "out": str(run_dir), "overwrite": True})  # a new run, untracked
+    mlplab.train(resume=run_dir, epochs=3, **tracked)
+    assert mlflow_run(client, run_dir).info.run_id != first
+    assert_tensorboard_matches(run_dir)
+    assert_mlflow_matches(client, run_dir)
+
+
 def test_events_written_past_the_checkpoint_are_not_written_again(tmp_path, store):
     """A run killed after its trackers logged steps its checkpoint does not hold: the resumed run
     skips those steps (they are the same numbers: training is deterministic)."""
