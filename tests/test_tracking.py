@@ -158,6 +158,55 @@ def test_event_files_and_mlflow_run_hold_the_history(tmp_path, store, backend):
     assert local.read_bytes() == (run_dir / "best.npz").read_bytes()
 
 
+@pytest.mark.slow
+def test_the_tensorboard_server_serves_the_runs_and_their_hparams(tmp_path):
+    """``tensorboard --logdir`` itself, over HTTP: two runs, their scalars and the hparams table."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    command = shutil.which("tensorboard")
+    if command is None:
+        pytest.skip("no tensorboard command on PATH")
+    for name, lr in (("a", "0.1"), ("b", "0.3")):
+        assert main(["train", *TINY_ARGS, "--epochs", "2", "--lr", lr, "--no-report", "--out", str(tmp_path / name),
+                     "--tensorboard"]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([command, "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data"
+
+    def get(path, body=None):
+        request = urllib.request.Request(base + path, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        runs, deadline = [], time.monotonic() + 90
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                runs = get("/runs")
+            except OSError:
+                continue
+        assert sorted(runs) == ["a/tensorboard", "b/tensorboard"]
+        served = get("/plugin/scalars/scalars?run=b/tensorboard&tag=val_accuracy")
+        history = read_csv(tmp_path / "b" / "history.csv")
+        assert [(step, np.float32(value)) for _, step, value in served] == \
+            [(int(row["epoch"]), np.float32(row["val_accuracy"])) for row in history]
+        experiment = get("/plugin/hparams/experiment", json.dumps({"experimentName": ""}).encode())
+        lr = next(info for info in experiment["hparamInfos"] if info["name"] == "lr")
+        assert lr["differs"] and (lr["domainInterval"]["minValue"], lr["domainInterval"]["maxValue"]) == (0.1, 0.3)
+        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"test_accuracy", "val_accuracy", "train_loss"} <= metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_the_numpy_backend_needs_no_torch_for_tensorboard(tmp_path):
     run_dir = tmp_path / "run"
     code = (
@@ -285,6 +334,12 @@ def test_each_sweep_trial_is_an_mlflow_run_nested_under_the_sweeps_run(tmp_path,
         assert_mlflow_matches(client, trial)
         assert_tensorboard_matches(trial)
     assert len(runs) == 3
+    # rerunning the finished sweep (here with the trackers' options left out) adds no run
+    run_sweep(grid={"lr": [0.05, 0.2]}, options={k: v for k, v in TINY.items() if k not in ("quiet", "report")},
+              out=out, quiet=True)
+    run_sweep(grid={"lr": [0.05, 0.2]}, options={**{k: v for k, v in TINY.items() if k not in ("quiet", "report")},
+                                                 "mlflow": uri, "mlflow_experiment": experiment}, out=out, quiet=True)
+    assert len(client.search_runs([client.get_experiment_by_name(experiment).experiment_id])) == 3
 
 
 @pytest.mark.slow
