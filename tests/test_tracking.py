@@ -380,6 +380,25 @@ def test_a_missing_package_stops_the_flag_with_one_line(tmp_path, hidden, flag, 
     assert not (tmp_path / "run" / "history.csv").exists()  # stopped before training
 
 
+def test_a_sweep_without_mlflow_installed_stops_with_one_line(tmp_path):
+    pytest.importorskip("optuna")
+    code = (
+        hiding("mlflow") +
+        "from mlplab.cli import main\n"
+        f"sys.exit(main({['sweep', '--dataset', 'digits', '--epochs', '1', '--grid', 'lr=0.1,0.2', '--out', str(tmp_path / 's'), '-q', '--mlflow']!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and "mlplab[mlflow]" in lines[0], done.stderr
+    assert not list((tmp_path / "s").glob("trials/*"))
+
+
+def test_a_tracking_store_mlflow_refuses_is_one_line(tmp_path, capsys):
+    code = main(["train", *TINY_ARGS, "--epochs", "1", "--no-report", "--out", str(tmp_path / "run"), "--mlflow", "nosuch://x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("mlplab train: error: --mlflow: "), err
+
+
 def test_the_default_tracking_uri_comes_from_the_environment(tmp_path, store, monkeypatch, capsys):
     uri, client, _ = store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
