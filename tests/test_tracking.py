@@ -382,11 +382,8 @@ def test_a_missing_package_stops_the_flag_with_one_line(tmp_path, hidden, flag, 
 
 def test_a_sweep_without_mlflow_installed_stops_with_one_line(tmp_path):
     pytest.importorskip("optuna")
-    code = (
-        hiding("mlflow") +
-        "from mlplab.cli import main\n"
-        f"sys.exit(main({['sweep', '--dataset', 'digits', '--epochs', '1', '--grid', 'lr=0.1,0.2', '--out', str(tmp_path / 's'), '-q', '--mlflow']!r}))\n"
-    )
+    argv = ["sweep", "--dataset", "digits", "--epochs", "1", "--grid", "lr=0.1,0.2", "--out", str(tmp_path / "s"), "-q", "--mlflow"]
+    code = hiding("mlflow") + f"from mlplab.cli import main\nsys.exit(main({argv!r}))\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and "mlplab[mlflow]" in lines[0], done.stderr
