@@ -84,6 +84,10 @@ class TrainConfig:
     quiet: bool = False
     report: bool = True
     track_gradients: int | None = None
+    # tracking (mlplab.training.tracking): False off, True the default place, or a folder / URI
+    tensorboard: bool | str = False
+    mlflow: bool | str = False
+    mlflow_experiment: str = "mlplab"
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -157,6 +161,10 @@ class TrainConfig:
             value = getattr(c, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"--{_flag(name)} must be true or false, got {value!r}")
+        c.tensorboard = _switch_or_text(c.tensorboard, "tensorboard", "a folder")
+        c.mlflow = _switch_or_text(c.mlflow, "mlflow", "a tracking URI")
+        if not isinstance(c.mlflow_experiment, str) or not c.mlflow_experiment.strip():
+            raise ConfigError(f"--mlflow-experiment must be a name, got {c.mlflow_experiment!r}")
         if c.nesterov and (c.optimizer != "sgd" or c.momentum <= 0):
             raise ConfigError("--nesterov needs --optimizer sgd and a --momentum above 0")
         if c.momentum and c.optimizer != "sgd":
@@ -211,6 +219,19 @@ def _number(value, name: str, *, positive: bool = False, low: float | None = Non
             want = f"a finite number >= {low:g}"
         raise ConfigError(f"--{_flag(name)} must be {want}, got {value!r}")
     return float(value)
+
+
+def _switch_or_text(value, name: str, what: str) -> bool | str:
+    """An option that is off (False), on at its default place (True) or given one (a string)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"--{_flag(name)} must be true, false or {what}, got {value!r}")
+    return value
 
 
 def _integer(value, name: str, *, low: int) -> int:

@@ -70,6 +70,9 @@ SPEC_VERSION = 1
 NOT_SWEPT = ("out", "overwrite", "quiet", "report", "track_gradients", "nproc")
 #: options that may change when a sweep is resumed or joined (where the data lies, which device)
 MACHINE_OPTIONS = ("data_dir", "device")
+#: where the trials' numbers go (TensorBoard, MLflow): shared by every trial, never swept, free
+#: to change when the sweep is rerun
+TRACKING_OPTIONS = ("tensorboard", "mlflow", "mlflow_experiment")
 #: numeric options drawn on a logarithmic axis in sweep.png (when every value is positive)
 LOG_AXIS_OPTIONS = ("lr", "min_lr", "weight_decay")
 DEFAULT_RANDOM_TRIALS = 20
@@ -123,8 +126,8 @@ def _flag(name: str) -> str:
 def _option_name(name: str, where: str) -> str:
     key = str(name).strip().replace("-", "_")
     fields = TrainConfig.field_names()
-    if key not in fields or key in NOT_SWEPT:
-        known = ", ".join(_flag(f) for f in fields if f not in NOT_SWEPT)
+    if key not in fields or key in NOT_SWEPT + TRACKING_OPTIONS:
+        known = ", ".join(_flag(f) for f in fields if f not in NOT_SWEPT + TRACKING_OPTIONS)
         raise ConfigError(f"{where}: {name!r} is not a training option that can be swept (choose from {known})")
     return key
 
@@ -363,7 +366,7 @@ def grid_points(dimensions: list[Dimension]) -> list[dict]:
 
 def _spec_identity(spec: dict) -> dict:
     """What makes two sweeps the same sweep (the budget, the machine and the output may differ)."""
-    base = {k: v for k, v in spec["base"].items() if k not in MACHINE_OPTIONS}
+    base = {k: v for k, v in spec["base"].items() if k not in MACHINE_OPTIONS + TRACKING_OPTIONS}
     return {"search": spec["search"], "dimensions": spec["dimensions"], "base": base, "seed": spec["seed"]}
 
 
@@ -850,6 +853,12 @@ class Objective:
             options = {d.name: d.train_value(params[d.name]) for d in self.dimensions}
             config = self.base.updated(options).updated(
                 {"out": str(run_dir), "quiet": True, "report": self.spec["report"], "overwrite": True}).validated()
+            tracking = {}
+            if self.base.mlflow or self.base.tensorboard:
+                from mlplab.training.tracking import SWEEP_PARENT_ATTR, sweep_trial
+
+                config, listeners = sweep_trial(self.base, config, run_dir, self.study.user_attrs.get(SWEEP_PARENT_ATTR))
+                tracking = {"listeners": listeners} if listeners else {}
             data = self.data_for(config)
             if self._train is not None:
                 train = self._train
@@ -860,14 +869,14 @@ class Objective:
                 # The trial this one reruns left a checkpoint: continue it rather than start again.
                 self.echo(f"trial {trial.number}: {described}: continuing the stopped run in {stopped_dir}")
                 try:
-                    result = train(resume=str(stopped_dir), data=data, quiet=True, report=self.spec["report"])
+                    result = train(resume=str(stopped_dir), data=data, quiet=True, report=self.spec["report"], **tracking)
                 except CheckpointError as exc:
                     run_dir = self.out / "trials" / trial_folder_name(trial.number, params, self.dimensions)
                     trial.set_user_attr("run_dir", str(run_dir))
                     config = config.updated({"out": str(run_dir)})
                     self.echo(f"trial {trial.number}: cannot continue ({exc}); starting again in {run_dir}")
             if result is None:
-                result = train(config, data=data)
+                result = train(config, data=data, **tracking)
         except TrainingInterrupted as exc:
             _requeue(self.study, trial, self.spec)
             raise TrainingInterrupted(
@@ -1101,6 +1110,10 @@ def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int
             study = optuna.create_study(study_name=name, storage=study_storage, direction="maximize", load_if_exists=True)
         spec = _adopt_spec(study, spec, out, url)
         queued = plan(study, spec)
+    if any(spec["base"].get(name) for name in TRACKING_OPTIONS[:2]):
+        from mlplab.training.tracking import start_sweep_run
+
+        start_sweep_run(study, spec)  # the parent MLflow run the trials nest under
     states = _states()
     trials_now = study.get_trials(deepcopy=False)
     finished = sum(1 for t in trials_now if "slot" in t.user_attrs and _done(t))
@@ -1129,6 +1142,10 @@ def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int
         say("nothing to run: every trial of the sweep has finished")
     result = write_results(study, spec, out, storage_url=url, jobs=jobs)
     result.trained = trained
+    if spec["base"].get("mlflow"):
+        from mlplab.training.tracking import finish_sweep_run
+
+        finish_sweep_run(study, spec, result)
     if not quiet:
         print(format_results(result, spec))
     if stopped is not None:

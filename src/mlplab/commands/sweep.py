@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlplab.commands.train import S, add_training_options, options_from_args
+from mlplab.commands.train import S, add_tracking_options, add_training_options, options_from_args
 
 EPILOG = """\
 examples:
@@ -57,6 +57,7 @@ def register(subparsers, parents) -> None:
     run.add_argument("--report", action=argparse.BooleanOptionalAction, default=False,
                      help="write report.md/report.html in every trial's run folder (default: no)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the results")
+    add_tracking_options(parser.add_argument_group("tracking (one MLflow run per trial, nested under the sweep's run)"))
     parser.set_defaults(run=run_command)
 
 

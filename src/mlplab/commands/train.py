@@ -58,6 +58,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--dtype", default=S, metavar="NAME", help=f"{' or '.join(DTYPES)} (default float32)")
 
 
+def add_tracking_options(group) -> None:
+    """``--tensorboard`` and ``--mlflow`` (shared by ``train`` and ``sweep``)."""
+    group.add_argument("--tensorboard", nargs="?", const=True, default=S, metavar="DIR",
+                       help="write TensorBoard event files into DIR (default RUN_DIR/tensorboard); needs mlplab[tensorboard]")
+    group.add_argument("--mlflow", nargs="?", const=True, default=S, metavar="TRACKING_URI",
+                       help="log the run to MLflow (default: MLflow's own default, $MLFLOW_TRACKING_URI when set); needs mlplab[mlflow]")
+    group.add_argument("--mlflow-experiment", dest="mlflow_experiment", default=S, metavar="NAME",
+                       help="the MLflow experiment to log into (default mlplab)")
+
+
 def options_from_args(args) -> dict:
     """The training options given explicitly on the command line."""
     from mlplab.config import TrainConfig, parse_widths
@@ -87,6 +97,7 @@ def register(subparsers, parents) -> None:
     output.add_argument("--no-report", dest="report", action="store_false", default=S, help="skip report.md/report.html")
     output.add_argument("--track-gradients", dest="track_gradients", type=int, nargs="?", const=10, default=S, metavar="EVERY",
                         help="record per-layer gradient norms every EVERY steps (default 10) into gradients.csv")
+    add_tracking_options(output)
     output.add_argument("--nproc", type=int, default=S, metavar="N", help="data-parallel processes (torch backend; launches torchrun)")
     parser.set_defaults(run=run)
 

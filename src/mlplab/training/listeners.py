@@ -262,4 +262,8 @@ def default_listeners(config, run_dir: Path | None, *, resumed: bool = False) ->
             listeners.append(GradientTracker(config.track_gradients, Path(run_dir) / "gradients.csv", resumed=resumed))
         if config.report:
             listeners.append(ReportListener(run_dir))
+    if config.tensorboard or config.mlflow:  # after the report: MLflow uploads its files
+        from mlplab.training.tracking import default_tracking_listeners
+
+        listeners += default_tracking_listeners(config)
     return listeners

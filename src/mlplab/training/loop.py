@@ -27,7 +27,8 @@ from mlplab.training.checkpoint import load_checkpoint
 from mlplab.training.run import prepare_run_dir
 
 #: options a resumed run may change; everything else must match the saved run
-RESUMABLE_OPTIONS = ("epochs", "quiet", "report", "data_dir", "device", "early_stopping", "out", "overwrite")
+RESUMABLE_OPTIONS = ("epochs", "quiet", "report", "data_dir", "device", "early_stopping", "out", "overwrite",
+                     "tensorboard", "mlflow", "mlflow_experiment")
 
 
 @dataclass
@@ -439,6 +440,10 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
         run_dir = Path(config.out) if config.out else None
         if run_dir is not None and is_primary_process():
             prepare_run_dir(run_dir, overwrite=config.overwrite, create=False)
+    if (config.tensorboard or config.mlflow) and is_primary_process():
+        from mlplab.training.tracking import check_tracking
+
+        check_tracking(config, run_dir, resumed=checkpoint is not None)
     if data is None:
         data = load_data(config)
     if len(data.train) < config.batch_size:
@@ -454,7 +459,7 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
     if is_primary_process():
         all_listeners = default_listeners(config, run_dir, resumed=checkpoint is not None) + list(listeners)
     else:  # another rank of a data-parallel run: rank 0 alone prints and writes the run folder
-        quiet = TrainConfig(**{**config.to_dict(), "quiet": True})
+        quiet = TrainConfig(**{**config.to_dict(), "quiet": True, "tensorboard": False, "mlflow": False})
         all_listeners = default_listeners(quiet, None) + list(listeners)
     trainer = Trainer(config, data, listeners=all_listeners, run_dir=run_dir)
     if checkpoint is not None:

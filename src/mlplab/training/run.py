@@ -64,7 +64,10 @@ def prepare_run_dir(path, *, overwrite: bool = False, create: bool = True) -> Pa
     except OSError as exc:
         raise CheckpointError(f"cannot create run folder {str(path)!r}: {exc.strerror or exc}") from None
     if overwrite:
-        for name in ("summary.json", "last.npz", "best.npz", "steps.csv", "history.csv", "gradients.csv"):
+        # mlflow.json and tensorboard/ too: a later --resume would take them for this run's
+        old_events = [p.relative_to(path) for p in (path / "tensorboard").glob("events.out.tfevents.*")]
+        for name in ("summary.json", "last.npz", "best.npz", "steps.csv", "history.csv", "gradients.csv", "mlflow.json",
+                     *old_events):
             try:
                 (path / name).unlink()
             except FileNotFoundError:
