@@ -198,13 +198,29 @@ class TensorBoardListener:
         self.last = self.logged_steps() if resumed else {}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.writer = EventFileWriter(str(self.folder))
+            self.writer = self._new_writer(EventFileWriter)
         except OSError as exc:
             raise MlplabError(f"--tensorboard: cannot write event files in {str(self.folder)!r}: {exc.strerror or exc}") from None
         for name, epoch, value in history_points(trainer, self.last):
             self._scalar(name, epoch, value)
         for step, loss in step_points(trainer, self.last.get(STEP_METRIC, 0)):
             self._scalar(STEP_METRIC, step, loss)
+
+    def _new_writer(self, EventFileWriter):
+        """A writer whose file sorts after the files already there. TensorBoard reads a folder's
+        files in name order and drops the points after a step that goes backwards; the name is
+        ``events.out.tfevents.<second>.<host>.<pid>.<counter>`` with the pid and counter not
+        zero-padded, so a resume within the same second could sort first. Then wait for the next
+        second (only a resume started within a second of the last writer can meet this)."""
+        existing = event_files(self.folder)
+        while True:
+            writer = EventFileWriter(str(self.folder))
+            (path,) = set(event_files(self.folder)) - set(existing)
+            if not existing or path.name > existing[-1].name:
+                return writer
+            writer.close()
+            path.unlink()
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
 
     def on_step(self, trainer, loss: float) -> None:
         if trainer.global_step > self.last.get(STEP_METRIC, 0):
