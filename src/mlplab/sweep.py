@@ -60,6 +60,7 @@ from mlplab.errors import (
     DivergedError,
     MissingDependencyError,
     MlplabError,
+    RunFolderBusy,
     TrainingInterrupted,
 )
 
@@ -711,6 +712,8 @@ class Objective:
         self._data: dict = {}
         self.trained = 0
         self.host = socket.gethostname()
+        #: a trial this worker finished after it had been given up (see :meth:`_given_up`)
+        self.given_up: int | None = None
 
     def data_for(self, config: TrainConfig):
         """The data set ``config`` asks for, loaded once per distinct split."""
@@ -744,6 +747,12 @@ class Objective:
                 if (folder / "last.npz").is_file() and not (folder / "summary.json").exists():
                     return folder
         return None
+
+    def _given_up(self, trial) -> bool:
+        """Whether ``trial`` was failed while this worker still ran it: its heartbeat lapsed (a
+        paused or overloaded worker) and another worker queued its slot again."""
+        states = _states()
+        return any(t.number == trial.number and t.state != states.RUNNING for t in self.study.get_trials(deepcopy=False))
 
     def __call__(self, trial):
         optuna = _optuna()
@@ -782,7 +791,14 @@ class Objective:
                     run_dir = self.out / "trials" / trial_folder_name(trial.number, params, self.dimensions)
                     trial.set_user_attr("run_dir", str(run_dir))
                     config = config.updated({"out": str(run_dir)})
-                    self.echo(f"trial {trial.number}: cannot continue ({exc}); starting again in {run_dir}")
+                    if isinstance(exc, RunFolderBusy):
+                        # Its worker is alive (paused or overloaded, so it missed its heartbeats) and
+                        # still writes there: never a second writer; this rerun trains in its own folder.
+                        holder = (exc.holder or {}).get("pid", "?")
+                        self.echo(f"trial {trial.number}: the stopped run in {stopped_dir} is still being written by "
+                                  f"process {holder}; starting again in {run_dir}")
+                    else:
+                        self.echo(f"trial {trial.number}: cannot continue ({exc}); starting again in {run_dir}")
             if result is None:
                 result = train(config, data=data)
         except TrainingInterrupted as exc:
@@ -809,6 +825,14 @@ class Objective:
             self.echo(f"trial {trial.number}: {described} -> failed: {message}")
             raise _TrialFailed(message) from None
         seconds = time.perf_counter() - started
+        if self._given_up(trial):
+            # Optuna refuses a result for a failed trial; the rerun of its slot (in its own
+            # folder, see docs/sweeps.md) is the one that counts. This run's folder stays complete.
+            self.given_up = trial.number
+            self.trained += 1
+            self.echo(f"trial {trial.number}: {described} finished in {run_dir}, but it had been given up after its "
+                      "heartbeat lapsed and its slot queued again; that rerun's result counts, not this one")
+            return result.best_val_accuracy
         trial.set_user_attr("test_accuracy", result.test_accuracy)  # recorded, never used to choose
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", seconds)
@@ -895,7 +919,12 @@ def run_worker(storage: str | None = None, study_name: str | None = None, *, out
                 continue
             waiting_since = None
             with _optuna_quietly():
-                study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
+                try:
+                    study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
+                except ValueError:  # "Cannot tell a FAIL trial": one given up while it ran (see Objective)
+                    if objective.given_up is None:
+                        raise
+                objective.given_up = None
     return objective.trained
 
 
