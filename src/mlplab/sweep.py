@@ -674,6 +674,10 @@ class _TrialFailed(Exception):
     """A trial that failed for reasons of its configuration (kept as a result, not rerun)."""
 
 
+class _TrialGivenUp(Exception):
+    """A trial this worker finished after another worker had failed it for a lapsed heartbeat."""
+
+
 def trial_folder_name(number: int, params: dict, dimensions: list[Dimension]) -> str:
     """``trial-003-lr0.1-h512x256``: the trial number, then the swept values."""
     parts = []
@@ -832,7 +836,7 @@ class Objective:
             self.trained += 1
             self.echo(f"trial {trial.number}: {described} finished in {run_dir}, but it had been given up after its "
                       "heartbeat lapsed and its slot queued again; that rerun's result counts, not this one")
-            return result.best_val_accuracy
+            raise _TrialGivenUp(f"trial {trial.number} was given up while it ran")
         trial.set_user_attr("test_accuracy", result.test_accuracy)  # recorded, never used to choose
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", seconds)
