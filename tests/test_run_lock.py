@@ -175,6 +175,15 @@ def test_only_rank_zero_of_a_data_parallel_run_takes_the_lock(held_elsewhere, mo
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
 
 
+def test_a_data_parallel_launch_into_a_locked_folder_stops_before_torchrun(held_elsewhere):
+    pytest.importorskip("torch")
+    run, holder = held_elsewhere
+    done = mlplab("train", "--backend", "torch", "--nproc", "2", "--dataset", "digits", "--epochs", "1", "--out", run, "-q")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and f"process {holder.pid} (" in lines[0], done.stderr
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+
+
 def test_the_lock_is_reentrant_in_its_thread_only(tmp_path):
     run = tmp_path / "R"
     with lock_run_dir(run, create=True) as outer:

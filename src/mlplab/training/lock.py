@@ -86,7 +86,9 @@ def holder_info() -> dict:
     program = Path(argv[0]).name
     if program == "__main__.py":  # python -m mlplab ...
         program = f"python -m {Path(argv[0]).resolve().parent.name}"
-    command = " ".join([program, *(shlex.quote(arg) for arg in argv[1:])])
+    elif program == "-c":
+        program = "python -c"
+    command = " ".join([program, *(shlex.quote(arg) for arg in argv[1:])]).replace("\n", " ")  # the message is one line
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
