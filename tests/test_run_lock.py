@@ -30,15 +30,12 @@ TRAIN = ["--dataset", "digits", "--hidden-dims", "32", "--epochs", str(EPOCHS), 
 
 
 def mlplab(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlplab", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "mlplab", *map(str, args)], check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def start(*args, log: Path) -> subprocess.Popen:
-    handle = open(log, "w")
-    try:
+    with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "mlplab", *map(str, args)], stdout=handle, stderr=subprocess.STDOUT)
-    finally:
-        handle.close()
 
 
 def wait_for(path_glob: Path, process: subprocess.Popen, timeout: float = 240) -> Path:
