@@ -25,7 +25,9 @@ by SIGINT/SIGTERM queues its slot again before it stops; a trial whose worker di
 a lost machine) stops sending Optuna's heartbeat, is failed after the grace period (twice the
 heartbeat) by whichever worker looks next, and its slot is queued again. Workers whose queue is
 empty wait while other trials run, so such a slot is still picked up. A rerun trial continues the
-stopped trial's run from its checkpoint when that run folder is on the worker's machine.
+stopped trial's run from its checkpoint when that run folder is on the worker's machine and no
+live process still writes it (a worker that only paused holds the folder's lock: the rerun then
+trains in its own folder; see docs/sweeps.md).
 
 Results: ``OUT/trials/trial-<number>-<params>/`` (one run folder per trial), ``results.csv``
 (sorted by validation accuracy), ``sweep.png`` and ``sweep.json``. Trials are chosen by
@@ -716,8 +718,8 @@ class Objective:
         self._data: dict = {}
         self.trained = 0
         self.host = socket.gethostname()
-        #: a trial this worker finished after it had been given up (see :meth:`_given_up`)
-        self.given_up: int | None = None
+        #: the trial this worker runs (or ran last)
+        self.current = None
 
     def data_for(self, config: TrainConfig):
         """The data set ``config`` asks for, loaded once per distinct split."""
@@ -760,6 +762,7 @@ class Objective:
 
     def __call__(self, trial):
         optuna = _optuna()
+        self.current = trial
         slot = trial.user_attrs.get("slot")
         if slot is None:  # the queue emptied between looking and taking
             trial.set_user_attr("surplus", True)
@@ -832,7 +835,6 @@ class Objective:
         if self._given_up(trial):
             # Optuna refuses a result for a failed trial; the rerun of its slot (in its own
             # folder, see docs/sweeps.md) is the one that counts. This run's folder stays complete.
-            self.given_up = trial.number
             self.trained += 1
             self.echo(f"trial {trial.number}: {described} finished in {run_dir}, but it had been given up after its "
                       "heartbeat lapsed and its slot queued again; that rerun's result counts, not this one")
@@ -925,10 +927,11 @@ def run_worker(storage: str | None = None, study_name: str | None = None, *, out
             with _optuna_quietly():
                 try:
                     study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
-                except ValueError:  # "Cannot tell a FAIL trial": one given up while it ran (see Objective)
-                    if objective.given_up is None:
+                except ValueError:
+                    # Optuna's "Cannot tell a FAIL trial": another worker failed this worker's trial for a
+                    # lapsed heartbeat while it ran (see Objective._given_up); its slot is queued again.
+                    if objective.current is None or not objective._given_up(objective.current):
                         raise
-                objective.given_up = None
     return objective.trained
 
 
