@@ -27,6 +27,10 @@ class CheckpointError(MlplabError):
     exit_code = 1
 
 
+class RunFolderBusy(CheckpointError):
+    """A run folder another process is writing (its lock is taken; exit code 1)."""
+
+
 class DivergedError(MlplabError):
     """Training produced a non-finite loss (exit code 3)."""
 

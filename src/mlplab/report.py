@@ -394,7 +394,7 @@ def _test_results(doc: Document, figures: FigureJobs, run_dir: Path, summary: di
     ])
 
 
-def _gradients(doc: Document, figures: FigureJobs, run_dir: Path) -> None:
+def _gradients(doc: Document, figures: FigureJobs, run_dir: Path, folder: Path | None = None) -> None:
     from mlplab import plots
 
     data = read_gradients(run_dir / "gradients.csv")
@@ -402,7 +402,7 @@ def _gradients(doc: Document, figures: FigureJobs, run_dir: Path) -> None:
         return
     doc.heading("Gradients")
     figures.add(plots.plot_gradients, data["step"], data["layer"], data["weight_grad_norm"], data["update_ratio"],
-                run_dir / FIGURES["gradients"], input_grad_norms=data["input_grad_norm"])
+                (folder or run_dir) / FIGURES["gradients"], input_grad_norms=data["input_grad_norm"])
     doc.figure(FIGURES["gradients"], "Weight-gradient norm, gradient at the layer's input (when recorded) and update/weight "
                "ratio of each layer during training (log scales).")
 
@@ -467,9 +467,9 @@ def _cost(job) -> int:
     return {plots.plot_confusion: 3, plots.plot_gradients: 2}.get(job[0], 1)
 
 
-def build_report(run_dir, *, parallel: bool = True) -> Document:
+def build_report(run_dir, *, parallel: bool = True, out=None) -> Document:
     """The report of ``run_dir`` as a :class:`Document`, writing its figures into the folder
-    (in worker processes with ``parallel``, see :class:`FigureJobs`)."""
+    (or into ``out``; in worker processes with ``parallel``, see :class:`FigureJobs`)."""
     from mlplab.plots import read_logs
     from mlplab.training.run import read_config
 
@@ -494,26 +494,42 @@ def build_report(run_dir, *, parallel: bool = True) -> Document:
     # What a reader looks for first leads; the configuration is reference, folded at the end.
     _outcome(doc, summary)
     figures = FigureJobs(parallel)
-    _training(doc, figures, run_dir, steps, history, summary)
-    _test_results(doc, figures, run_dir, summary)
-    _gradients(doc, figures, run_dir)
+    folder = Path(out) if out is not None else run_dir
+    _training(doc, figures, folder, steps, history, summary)
+    _test_results(doc, figures, folder, summary)
+    _gradients(doc, figures, run_dir, folder)
     _configuration(doc, config)
     figures.draw()
     return doc
 
 
-def write_report(run_dir, *, parallel: bool = True) -> tuple[Path, Path]:
+def write_report(run_dir, *, parallel: bool = True, out=None) -> tuple[Path, Path]:
     """Write the figures, ``report.md`` and a self-contained ``report.html`` into ``run_dir``.
 
     Returns ``(md_path, html_path)``. Raises CheckpointError for a missing folder or an
     unreadable config.json/summary.json; a run without summary.json (unfinished) gets a report
     of its curves only, and gradients.csv is plotted only when present. ``parallel=False`` draws
-    the figures in this process (see :class:`FigureJobs`)."""
+    the figures in this process (see :class:`FigureJobs`). ``out``: another folder to write
+    them into, which leaves the run folder untouched (and unlocked: see
+    :mod:`mlplab.training.lock`)."""
+    import contextlib
+
     from mlplab.training.checkpoint import write_text_atomic
+    from mlplab.training.lock import lock_run_dir
 
     run_dir = Path(run_dir)
-    doc = build_report(run_dir, parallel=parallel)
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    write_text_atomic(md_path, doc.markdown())
-    write_text_atomic(html_path, doc.html(run_dir, f"mlplab report: {run_dir.resolve().name}"))
+    if not run_dir.is_dir():
+        raise CheckpointError(f"no run folder at {str(run_dir)!r}")
+    folder = Path(out) if out is not None else run_dir
+    inside = folder.resolve() == run_dir.resolve() or run_dir.resolve() in folder.resolve().parents
+    with lock_run_dir(run_dir) if inside else contextlib.nullcontext():
+        if not inside:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CheckpointError(f"cannot create --out {str(folder)!r}: {exc.strerror or exc}") from None
+        doc = build_report(run_dir, parallel=parallel, out=folder)
+        md_path, html_path = folder / "report.md", folder / "report.html"
+        write_text_atomic(md_path, doc.markdown())
+        write_text_atomic(html_path, doc.html(folder, f"mlplab report: {run_dir.resolve().name}"))
     return md_path, html_path

@@ -25,7 +25,9 @@ by SIGINT/SIGTERM queues its slot again before it stops; a trial whose worker di
 a lost machine) stops sending Optuna's heartbeat, is failed after the grace period (twice the
 heartbeat) by whichever worker looks next, and its slot is queued again. Workers whose queue is
 empty wait while other trials run, so such a slot is still picked up. A rerun trial continues the
-stopped trial's run from its checkpoint when that run folder is on the worker's machine.
+stopped trial's run from its checkpoint when that run folder is on the worker's machine and no
+live process still writes it (a worker that only paused holds the folder's lock: the rerun then
+trains in its own folder; see docs/sweeps.md).
 
 Results: ``OUT/trials/trial-<number>-<params>/`` (one run folder per trial), ``results.csv``
 (sorted by validation accuracy), ``sweep.png`` and ``sweep.json``. Trials are chosen by
@@ -60,6 +62,7 @@ from mlplab.errors import (
     DivergedError,
     MissingDependencyError,
     MlplabError,
+    RunFolderBusy,
     TrainingInterrupted,
 )
 
@@ -759,6 +762,10 @@ class _TrialFailed(Exception):
     """A trial that failed for reasons of its configuration (kept as a result, not rerun)."""
 
 
+class _TrialGivenUp(Exception):
+    """A trial this worker finished after another worker had failed it for a lapsed heartbeat."""
+
+
 def trial_folder_name(number: int, params: dict, dimensions: list[Dimension]) -> str:
     """``trial-003-lr0.1-h512x256``: the trial number, then the swept values."""
     parts = []
@@ -797,6 +804,8 @@ class Objective:
         self._data: dict = {}
         self.trained = 0
         self.host = socket.gethostname()
+        #: the trial this worker runs (or ran last)
+        self.current = None
 
     def data_for(self, config: TrainConfig):
         """The data set ``config`` asks for, loaded once per distinct split."""
@@ -831,8 +840,15 @@ class Objective:
                     return folder
         return None
 
+    def _given_up(self, trial) -> bool:
+        """Whether ``trial`` was failed while this worker still ran it: its heartbeat lapsed (a
+        paused or overloaded worker) and another worker queued its slot again."""
+        states = _states()
+        return any(t.number == trial.number and t.state != states.RUNNING for t in self.study.get_trials(deepcopy=False))
+
     def __call__(self, trial):
         optuna = _optuna()
+        self.current = trial
         slot = trial.user_attrs.get("slot")
         if slot is None:  # the queue emptied between looking and taking
             trial.set_user_attr("surplus", True)
@@ -874,7 +890,14 @@ class Objective:
                     run_dir = self.out / "trials" / trial_folder_name(trial.number, params, self.dimensions)
                     trial.set_user_attr("run_dir", str(run_dir))
                     config = config.updated({"out": str(run_dir)})
-                    self.echo(f"trial {trial.number}: cannot continue ({exc}); starting again in {run_dir}")
+                    if isinstance(exc, RunFolderBusy):
+                        # Its worker is alive (paused or overloaded, so it missed its heartbeats) and
+                        # still writes there: never a second writer; this rerun trains in its own folder.
+                        holder = (exc.holder or {}).get("pid", "?")
+                        self.echo(f"trial {trial.number}: the stopped run in {stopped_dir} is still being written by "
+                                  f"process {holder}; starting again in {run_dir}")
+                    else:
+                        self.echo(f"trial {trial.number}: cannot continue ({exc}); starting again in {run_dir}")
             if result is None:
                 result = train(config, data=data, **tracking)
         except TrainingInterrupted as exc:
@@ -901,6 +924,13 @@ class Objective:
             self.echo(f"trial {trial.number}: {described} -> failed: {message}")
             raise _TrialFailed(message) from None
         seconds = time.perf_counter() - started
+        if self._given_up(trial):
+            # Optuna refuses a result for a failed trial; the rerun of its slot (in its own
+            # folder, see docs/sweeps.md) is the one that counts. This run's folder stays complete.
+            self.trained += 1
+            self.echo(f"trial {trial.number}: {described} finished in {run_dir}, but it had been given up after its "
+                      "heartbeat lapsed and its slot queued again; that rerun's result counts, not this one")
+            raise _TrialGivenUp(f"trial {trial.number} was given up while it ran")
         trial.set_user_attr("test_accuracy", result.test_accuracy)  # recorded, never used to choose
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", seconds)
@@ -987,7 +1017,13 @@ def run_worker(storage: str | None = None, study_name: str | None = None, *, out
                 continue
             waiting_since = None
             with _optuna_quietly():
-                study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
+                try:
+                    study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
+                except ValueError:
+                    # Optuna's "Cannot tell a FAIL trial": another worker failed this worker's trial for a
+                    # lapsed heartbeat while it ran (see Objective._given_up); its slot is queued again.
+                    if objective.current is None or not objective._given_up(objective.current):
+                        raise
     return objective.trained
 
 

@@ -108,6 +108,22 @@ def _load(run_dir: Path, split: str, data_dir):
     return model, checkpoint.meta, data, dataset
 
 
+def _holding_run_lock(function):
+    """Run ``function(run_dir, ...)`` holding the run folder's lock: hessian.json (and the
+    density figure) are written into it, so no training may be writing it at the same time."""
+    import functools
+
+    @functools.wraps(function)
+    def locked(run_dir, **options):
+        from mlplab.training.lock import lock_run_dir
+
+        with lock_run_dir(run_dir):
+            return function(run_dir, **options)
+
+    return locked
+
+
+@_holding_run_lock
 def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int = 0, top: int = 10, bottom: int = 10,
                 trace_samples: int = 50, density: bool = False, density_vectors: int = 4, density_steps: int = 60,
                 tol: float | None = None, lanczos_tol: float | None = None, max_products: int = 500,

@@ -12,12 +12,15 @@ def register(subparsers, parents) -> None:
         "--no-report.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `mlplab train`")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write the report and figures into DIR instead (leaves RUN_DIR untouched, so it works "
+                        "while a training still writes RUN_DIR)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from mlplab.report import write_report
 
-    md_path, html_path = write_report(args.run_dir)
+    md_path, html_path = write_report(args.run_dir, out=args.out)
     print(f"wrote {md_path} and {html_path}")
     return 0

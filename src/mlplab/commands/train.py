@@ -114,6 +114,11 @@ def run(args) -> int:
     config = resolve_config(preset=getattr(args, "preset", None), config_file=getattr(args, "config_file", None), options=options)
     if config.nproc > 1:
         from mlplab.torch.distributed import launch
+        from mlplab.training.lock import lock_run_dir
+
+        if config.out:  # rank 0 takes the lock; a folder in use is refused here, in one line, not amid torchrun's report
+            with lock_run_dir(config.out):
+                pass
 
         return launch(args, config)
     if not config.out:

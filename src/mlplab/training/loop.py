@@ -423,11 +423,22 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
     folder to continue from its ``last.npz`` (``epochs`` may be raised). Returns a
     :class:`TrainResult` with the best model, its test accuracy and the history.
     """
+    from contextlib import ExitStack
+
+    with ExitStack() as run_lock:  # the run folder's lock (mlplab.training.lock), held until training ends
+        return _train(config, data=data, listeners=listeners, resume=resume, preset=preset, config_file=config_file,
+                      run_lock=run_lock, **options)
+
+
+def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **options) -> TrainResult:
     from mlplab.training.listeners import default_listeners
+    from mlplab.training.lock import lock_run_dir
 
     checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
+        if run_dir.is_dir() and is_primary_process():  # before last.npz is read: its writer may still be running
+            run_lock.enter_context(lock_run_dir(run_dir))
         config, checkpoint = _resume_config(run_dir, options)
         config.out = str(run_dir)
     else:
@@ -439,6 +450,8 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
             config = config.validated()
         run_dir = Path(config.out) if config.out else None
         if run_dir is not None and is_primary_process():
+            if run_dir.is_dir():  # refuse now, before data is loaded, if another process writes there
+                run_lock.enter_context(lock_run_dir(run_dir))
             prepare_run_dir(run_dir, overwrite=config.overwrite, create=False)
     if (config.tensorboard or config.mlflow) and is_primary_process():
         from mlplab.training.tracking import check_tracking
@@ -449,6 +462,8 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
     if len(data.train) < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)")
     if run_dir is not None and checkpoint is None and is_primary_process():
+        # locked before --overwrite deletes anything (a no-op when already held from above)
+        run_lock.enter_context(lock_run_dir(run_dir, create=True))
         prepare_run_dir(run_dir, overwrite=config.overwrite)
     if checkpoint is not None and checkpoint.meta.get("epoch", 0) >= config.epochs and checkpoint.meta.get("step_in_epoch", 0) == 0 \
             and (run_dir / "summary.json").exists():
