@@ -9,8 +9,8 @@ from mlplab.check.runner import Outcome
 
 
 def diagnoses(outcome: Outcome) -> list[dict]:
-    """One entry per named mistake and module, in the order found; a numeric failure that matches
-    no mistake is ``unrecognised`` when its module has no named mistake to explain it."""
+    """One entry per named mistake and module, in the order found. The first numeric failure of a
+    module with no named mistake is ``unrecognised``, with its numbers."""
     named = [c for c in outcome.checks if not c["passed"] and c.get("diagnosis")]
     explained = {c["module"] for c in named}
     found, seen = [], set()
@@ -23,6 +23,7 @@ def diagnoses(outcome: Outcome) -> list[dict]:
                 seen.add(key)
                 found.append({"id": key[0], "module": key[1], "message": check["diagnosis"]["message"]})
         elif check.get("kind") == "numbers" and check["module"] not in explained:
+            explained.add(check["module"])  # one per module: its other rows are usually the same error seen again
             found.append({"id": UNRECOGNISED, "module": check["module"],
                           "message": f"{check['name']}: {check['evidence']} (no known mistake gives these numbers)"})
     return found
