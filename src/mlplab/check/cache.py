@@ -39,21 +39,23 @@ def check_cache(row: Row, make: Callable, step: Callable, names: list[str], x1, 
     wrong = [i for i, (a, b) in enumerate(zip(reused, fresh)) if not _same(a, b)]
     if not wrong:
         return
-    listed = ", ".join(names[i] for i in wrong)
+    listed = " and ".join(names[i] for i in wrong)
+    verb = "equals" if len(wrong) == 1 else "equal"
+    differ = "differs" if len(wrong) == 1 else "differ"
     if consequence:
-        row.fail(f"after a second forward/backward pair your {listed} differ from what a fresh module gives "
+        row.fail(f"after a second forward/backward pair your {listed} {differ} from what a fresh module gives "
                  f"for the second batch alone ({consequence})", kind="consequence")
         return
     if all(_same(reused[i], stale[i]) for i in wrong):
-        row.fail(f"after forward(X₁), backward(dY₁), forward(X₂), backward(dY₂), your {listed} equal what "
+        row.fail(f"after forward(X₁), backward(dY₁), forward(X₂), backward(dY₂), your {listed} {verb} what "
                  f"forward(X₁), backward(dY₂) gives: the second backward used values from the first forward call",
                  "stale-cache")
         return
     if all(_same(reused[i], np.asarray(fresh[i]) + np.asarray(first[i])) for i in wrong):
-        row.fail(f"after two forward/backward pairs your {listed} equal the sum of both pairs' gradients: "
+        row.fail(f"after two forward/backward pairs your {listed} {verb} the sum of both pairs' gradients: "
                  f"backward adds to the gradients instead of overwriting them")
         return
-    row.fail(f"after a second forward/backward pair your {listed} differ from what a fresh module gives "
+    row.fail(f"after a second forward/backward pair your {listed} {differ} from what a fresh module gives "
              f"for the second batch alone")
 
 

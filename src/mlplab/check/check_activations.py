@@ -67,7 +67,7 @@ def _cache_and_clear(probe: Probe, rows, name: str, make, shape) -> None:
     check_cache(rows["cache"], make, step, ["Y", "dX"], x1, dy1, x2, dy2)
     try:
         module = make()
-        step(module, x1, dy1)
+        probe.call(f"{name}.forward (before clear_cache)", module.forward, x1.copy())
         probe.call(f"{name}.clear_cache", module.clear_cache)
     except LearnerError as exc:
         rows["clear"].error(exc)

@@ -14,7 +14,8 @@ import numpy as np
 
 from mlplab.check import reference
 from mlplab.check.cache import check_cache
-from mlplab.check.arrays import close, rel_error
+from mlplab.check.arrays import close
+from mlplab.check.diagnose import mismatch
 from mlplab.check.check_linear import grad_arrays, param_arrays
 from mlplab.check.context import LearnerError, Probe
 from mlplab.nn import ELU, Linear, Sequential, Softmax
@@ -177,8 +178,8 @@ def check(probe: Probe, mlp_cls, classes: dict) -> None:
         return
     y_ref = chain.forward(x.copy())
     if not close(y, y_ref):
-        rows["forward"].fail(f"your MLP's output differs from mlplab's modules with the same weights "
-                             f"(relative error {rel_error(y, y_ref):.2g})", kind="consequence" if consequence else "numbers")
+        rows["forward"].fail(mismatch("your MLP's output", y, y_ref) + " (mlplab's modules, same weights)"
+                             + (f" ({consequence})" if consequence else ""), kind="consequence" if consequence else "numbers")
     try:
         probe.call(f"{NAME}.backward", built.mlp.backward, dout.copy())
         grads = [grad_arrays(probe, layer) for layer in built.linears()]
@@ -191,8 +192,8 @@ def check(probe: Probe, mlp_cls, classes: dict) -> None:
     for index, ((dw, db), ref) in enumerate(zip(grads, ref_layers)):
         for what, actual, expected in (("dW", dw, ref.grads["weight"]), ("db", db.reshape(-1), ref.grads["bias"])):
             if not close(actual, expected):
-                rows["backward"].fail(f"layer {index + 1}'s {what} differs from mlplab's (relative error "
-                                      f"{rel_error(actual, expected):.2g})" + (f" ({consequence})" if consequence else ""),
+                rows["backward"].fail(mismatch(f"layer {index + 1}'s {what}", actual, expected)
+                                      + (f" ({consequence})" if consequence else ""),
                                       kind="consequence" if consequence else "numbers")
     weights = [(np.array(layer.params["weight"]), np.array(layer.params["bias"])) for layer in built.linears()]
 

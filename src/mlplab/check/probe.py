@@ -35,6 +35,18 @@ def load(probe: Probe, name: str):
     return module
 
 
+def guarded(probe: Probe, module: str, run, *args):
+    """Run one module's checks; anything their objects do that the checks did not foresee (a
+    missing method, a list where an array belongs) ends that module's checks with one failed row."""
+    try:
+        return run(probe, *args)
+    except Exception as exc:  # noqa: BLE001 - reported as a finding, the other modules still run
+        row = probe.row(module, "usable through the course API")
+        row.fail(f"checking stopped: {type(exc).__name__}: {exc}{probe.their_traceback(exc)}", kind="error")
+        row.done()
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlplab.check.probe")
     parser.add_argument("folder")
@@ -63,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                   "SoftMaxModule": check_activations.check_softmax}
         for name, run in checks.items():
             if name in classes:
-                run(probe, classes[name])
-        labels_as = check_loss.check(probe, classes["CrossEntropyModule"]) if "CrossEntropyModule" in classes else None
+                guarded(probe, name, run, classes[name])
+        labels_as = None
+        if "CrossEntropyModule" in classes:
+            labels_as = guarded(probe, "CrossEntropyModule", check_loss.check, classes["CrossEntropyModule"])
+        if labels_as is None:
+            labels_as = check_loss.Labels(False)
         if (folder / "mlp_numpy.py").is_file():
             mlp_module = load(probe, "mlp_numpy")
             mlp_cls = getattr(mlp_module, "MLP", None) if mlp_module is not None else None
@@ -73,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 row.fail("mlp_numpy.py defines no MLP", kind="error")
                 row.done()
             elif mlp_cls is not None and len(classes) == len(CLASSES):
-                check_mlp.check(probe, mlp_cls, {k: v for k, v in classes.items() if k != "CrossEntropyModule"})
+                layers = {k: v for k, v in classes.items() if k != "CrossEntropyModule"}
+                guarded(probe, "MLP", check_mlp.check, mlp_cls, layers)
                 if args.train:
-                    check_train.check(probe, mlp_cls, {k: v for k, v in classes.items() if k != "CrossEntropyModule"},
-                                      classes["CrossEntropyModule"], labels_as)
+                    guarded(probe, "training", check_train.check, mlp_cls, layers, classes["CrossEntropyModule"], labels_as)
         else:
             probe.note("MLP", "no mlp_numpy.py in the folder: the MLP is not checked")
     probe.write({"type": "done"})
