@@ -10,8 +10,8 @@ from mlplab.check.cache import check_cache
 from mlplab.check.context import LearnerError, Probe
 
 NAME = "LinearModule"
-#: (batch, in, out): batch 1, non-square both ways, a batch of 64, a square layer
-SHAPES = [(1, 3, 5), (64, 12, 7), (9, 6, 6)]
+#: (batch, in, out): a batch of 64, batch 1, non-square both ways, a square layer
+SHAPES = [(64, 12, 7), (1, 3, 5), (9, 6, 6)]
 INIT_SHAPE = (400, 100)
 FD_ENTRIES = 12
 
@@ -132,7 +132,7 @@ def _central_differences(probe, layer, row, tag, x, dout, dw, db, dx, rng) -> No
 
 
 def _cache(probe: Probe, cls, row, clear_row) -> None:
-    batch, in_f, out_f = SHAPES[1]
+    batch, in_f, out_f = SHAPES[0]
     rng = probe.rng()
     weight, bias = rng.standard_normal((out_f, in_f)) * 0.5, rng.standard_normal(out_f)
     x1, x2 = rng.standard_normal((2, batch, in_f))
