@@ -9,7 +9,7 @@ import numpy as np
 from mlplab.check import diagnose, reference
 from mlplab.check.arrays import FD_TOL, central_differences, close, rel_error, sample_indices
 from mlplab.check.cache import check_cache
-from mlplab.check.context import LearnerError, Probe
+from mlplab.check.context import LearnerError, Probe, tagged
 
 FD_ENTRIES = 12
 
@@ -26,12 +26,12 @@ def _forward_backward(probe: Probe, rows, name: str, module, x, dout, tag: str):
     try:
         y = probe.array(f"{name}.forward", probe.call(f"{name}.forward ({tag})", module.forward, x.copy()), x.shape)
     except LearnerError as exc:
-        rows["forward"].fail(f"{tag}: {exc}", kind="error")
+        rows["forward"].fail(tagged(tag, exc), kind="error")
         return None
     try:
         dx = probe.array(f"{name}.backward", probe.call(f"{name}.backward ({tag})", module.backward, dout.copy()), x.shape)
     except LearnerError as exc:
-        rows["backward"].fail(f"{tag}: {exc}", kind="error")
+        rows["backward"].fail(tagged(tag, exc), kind="error")
         return None
     return y, dx
 
@@ -46,7 +46,7 @@ def _central_differences(probe: Probe, row, name: str, module, x, dout, dx, tag:
     try:
         numeric = probe.call(f"{name}.forward (central differences, {tag})", central_differences, loss, x_work, index)
     except LearnerError as exc:
-        row.fail(f"{tag}: {exc}", kind="error")
+        row.fail(tagged(tag, exc), kind="error")
         return
     error = rel_error(np.array([dx[i] for i in index]), numeric)
     if error > FD_TOL:
@@ -108,7 +108,7 @@ def check_elu(probe: Probe, cls) -> None:
             try:
                 module = make()
             except LearnerError as exc:
-                rows["forward"].fail(f"{tag}: {exc}", kind="error")
+                rows["forward"].fail(tagged(tag, exc), kind="error")
                 continue
             result = _forward_backward(probe, rows, name, module, x, dout, tag)
             if result is None:
@@ -158,7 +158,7 @@ def check_softmax(probe: Probe, cls) -> None:
         try:
             module = make()
         except LearnerError as exc:
-            rows["forward"].fail(f"{tag}: {exc}", kind="error")
+            rows["forward"].fail(tagged(tag, exc), kind="error")
             continue
         result = _forward_backward(probe, rows, name, module, x, dout, tag)
         if result is None:

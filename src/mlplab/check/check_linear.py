@@ -7,7 +7,7 @@ import numpy as np
 from mlplab.check import diagnose, reference
 from mlplab.check.arrays import FD_TOL, central_differences, close, rel_error, sample_indices
 from mlplab.check.cache import check_cache
-from mlplab.check.context import LearnerError, Probe
+from mlplab.check.context import LearnerError, Probe, tagged
 
 NAME = "LinearModule"
 #: (batch, in, out): a batch of 64, batch 1, non-square both ways, a square layer
@@ -79,12 +79,12 @@ def _one_shape(probe: Probe, cls, rows, batch: int, in_f: int, out_f: int) -> No
     try:
         layer = build(probe, cls, weight, bias)
     except LearnerError as exc:
-        rows["params"].fail(f"{tag}: {exc}", kind="error")
+        rows["params"].fail(tagged(tag, exc), kind="error")
         return
     try:
         y = probe.array(f"{NAME}.forward", probe.call(f"{NAME}.forward ({tag})", layer.forward, x.copy()), (batch, out_f))
     except LearnerError as exc:
-        rows["forward"].fail(f"{tag}: {exc}", kind="error")
+        rows["forward"].fail(tagged(tag, exc), kind="error")
         return
     if not close(y, y_ref):
         rows["forward"].fail(f"{tag}: {diagnose.mismatch('Y', y, y_ref)}")
@@ -92,7 +92,7 @@ def _one_shape(probe: Probe, cls, rows, batch: int, in_f: int, out_f: int) -> No
         dx = probe.array(f"{NAME}.backward", probe.call(f"{NAME}.backward ({tag})", layer.backward, dout.copy()))
         dw, db = grad_arrays(probe, layer)
     except LearnerError as exc:
-        rows["backward"].fail(f"{tag}: {exc}", kind="error")
+        rows["backward"].fail(tagged(tag, exc), kind="error")
         return
     w_shape, b_shape = (layer.params["weight"].shape, layer.params["bias"].shape)
     if dw.shape != w_shape or db.shape != b_shape:
@@ -128,7 +128,7 @@ def _central_differences(probe, layer, row, tag, x, dout, dw, db, dx, rng) -> No
                 row.fail(f"{tag}: your {name} disagrees with central differences of your forward "
                          f"(relative error {error:.2g}, tolerance {FD_TOL:g})")
     except LearnerError as exc:
-        row.fail(f"{tag}: {exc}", kind="error")
+        row.fail(tagged(tag, exc), kind="error")
 
 
 def _cache(probe: Probe, cls, row, clear_row) -> None:

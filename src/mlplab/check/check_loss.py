@@ -6,7 +6,7 @@ import numpy as np
 
 from mlplab.check import diagnose, reference
 from mlplab.check.arrays import FD_TOL, central_differences, close, rel_error, sample_indices
-from mlplab.check.context import LearnerError, Probe
+from mlplab.check.context import LearnerError, Probe, tagged
 
 NAME = "CrossEntropyModule"
 #: (batch, classes); the first decides the label format, so batch ≠ classes there
@@ -72,7 +72,7 @@ def check(probe: Probe, cls) -> Labels:
             module = probe.call(f"{NAME}()", cls)
             loss = loss_value(probe, module, probs, given, tag)
         except LearnerError as exc:
-            rows["forward"].fail(f"{tag}: {exc}", kind="error")
+            rows["forward"].fail(tagged(tag, exc), kind="error")
             continue
         if not close(np.array([loss]), np.array([loss_ref])):
             mistake, evidence = diagnose.cross_entropy_loss(loss, loss_ref, batch)
@@ -81,7 +81,7 @@ def check(probe: Probe, cls) -> Labels:
             grad = probe.array(f"{NAME}.backward",
                                probe.call(f"{NAME}.backward ({tag})", module.backward, probs.copy(), given), probs.shape)
         except LearnerError as exc:
-            rows["backward"].fail(f"{tag}: {exc}", kind="error")
+            rows["backward"].fail(tagged(tag, exc), kind="error")
             continue
         if not close(grad, grad_ref):
             mistake, evidence = diagnose.cross_entropy_grad(grad, grad_ref, batch)
@@ -93,7 +93,7 @@ def check(probe: Probe, cls) -> Labels:
                                  lambda: float(np.asarray(module.forward(work, given), dtype=np.float64).reshape(-1)[0]),
                                  work, index)
         except LearnerError as exc:
-            rows["fd"].fail(f"{tag}: {exc}", kind="error")
+            rows["fd"].fail(tagged(tag, exc), kind="error")
         else:
             error = rel_error(np.array([grad[i] for i in index]), numeric)
             if error > FD_TOL:

@@ -145,3 +145,9 @@ class Probe:
 
     def close(self) -> None:
         self.out.close()
+
+
+def tagged(tag: str, exc: LearnerError) -> str:
+    """The error's text, prefixed with the shape ``tag`` unless it already names it."""
+    text = str(exc)
+    return text if tag in text else f"{tag}: {text}"

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     np.seterr(all="ignore")
     sys.path.insert(0, str(folder))
+    np.random.seed(args.seed)  # their initialisation draws from the global generator: same seed, same report
     probe = Probe(folder, Path(args.results), args.seed)
     modules = load(probe, "modules")
     if modules is not None:
