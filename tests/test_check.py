@@ -291,7 +291,9 @@ def test_correct_learners_pass_every_check(outcomes, case):
 
 
 def test_editions_are_checked_the_way_they_are_written(outcomes):
-    notes = lambda name: " ".join(n["text"] for n in outcomes[name].notes)  # noqa: E731
+    def notes(name):
+        return " ".join(n["text"] for n in outcomes[name].notes)
+
     assert "ELUModule() (α = 1)" in notes("edition/elu-without-alpha")
     assert "α = 1 and 0.5" in notes("edition/elu-alpha-required")
     assert "one-hot" in notes("edition/one-hot-labels")
@@ -309,6 +311,15 @@ def test_evidence_names_the_numbers(outcomes):
     assert "× 64 (= S, the batch size)" in by_id["cross-entropy-not-mean/sum"]
     assert "applied twice" in by_id["cross-entropy-grad-scale/one-over-s-twice"]
     assert "Linear(12 → 5) → ELU → Softmax" in by_id["mlp-structure/elu-before-softmax"]
+
+
+def test_docs_show_each_mistake_as_mlplab_check_reports_it(outcomes):
+    """docs/check.md's worked examples are real output: each is the first learner of its mistake."""
+    docs = (REPO / "docs" / "check.md").read_text()
+    for mistake, ways in MUTATIONS.items():
+        assert f"### `{mistake}`" in docs
+        found = diagnoses(outcomes[f"{mistake}/{next(iter(ways))}"])
+        assert f"[{mistake}] {found[0]['module']}: {found[0]['message']}" in docs, mistake
 
 
 def test_an_unknown_mistake_is_unrecognised_with_its_numbers(tmp_path):
@@ -372,9 +383,9 @@ def test_hostile_learner_code_is_reported_cleanly(tmp_path, capsys, case, expect
 def test_an_endless_loop_is_stopped_and_nothing_is_left_running(tmp_path, capsys):
     folder = write_learner(tmp_path / "loop", [
         ("modules", "import numpy as np\n",
-         "import os, subprocess, sys\nimport numpy as np\n"
-         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
-         "open(os.path.join(os.path.dirname(__file__), 'pids'), 'w').write(f'{os.getpid()} {child.pid}')\n"),
+         ("import os, subprocess, sys\nimport numpy as np\n"
+          "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+          "open(os.path.join(os.path.dirname(__file__), 'pids'), 'w').write(f'{os.getpid()} {child.pid}')\n")),
         ("modules", "        self.x = x\n        out = x @", "        while True:\n            pass\n        out = x @"),
     ])
     started = time.monotonic()
@@ -404,7 +415,7 @@ def test_train_compares_losses_step_by_step(tmp_path, capsys):
     good = write_learner(tmp_path / "good")
     code, out, _ = run_cli(capsys, good, "--train")
     assert code == 0
-    assert re.search(r"^\s+20\s+\d\.\d{8}\s+\d\.\d{8}", out, re.M) and "agree at every step" in out
+    assert re.search(r"^\s+20\s+\d\.\d{8}\s+\d\.\d{8}", out, re.MULTILINE) and "agree at every step" in out
     bad = write_learner(tmp_path / "bad", MUTATIONS["cross-entropy-grad-scale"]["no-one-over-s"])
     code, out, _ = run_cli(capsys, bad, "--train", "--json")
     assert code == 1

@@ -7,7 +7,13 @@ import inspect
 import numpy as np
 
 from mlplab.check import diagnose, reference
-from mlplab.check.arrays import FD_TOL, central_differences, close, rel_error, sample_indices
+from mlplab.check.arrays import (
+    FD_TOL,
+    central_differences,
+    close,
+    rel_error,
+    sample_indices,
+)
 from mlplab.check.cache import check_cache
 from mlplab.check.context import LearnerError, Probe, tagged
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from mlplab.check import diagnose, reference
-from mlplab.check.arrays import FD_TOL, central_differences, close, rel_error, sample_indices
+from mlplab.check.arrays import (
+    FD_TOL,
+    central_differences,
+    close,
+    rel_error,
+    sample_indices,
+)
 from mlplab.check.context import LearnerError, Probe, tagged
 
 NAME = "CrossEntropyModule"
@@ -88,10 +94,12 @@ def check(probe: Probe, cls) -> Labels:
             rows["grad"].fail(f"{tag}: {evidence}", mistake)
         work = probs.copy()
         index = sample_indices(work.shape, FD_ENTRIES, rng)
+
+        def loss(module=module, work=work, given=given):
+            return float(np.asarray(module.forward(work, given), dtype=np.float64).reshape(-1)[0])
+
         try:
-            numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences,
-                                 lambda: float(np.asarray(module.forward(work, given), dtype=np.float64).reshape(-1)[0]),
-                                 work, index)
+            numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences, loss, work, index)
         except LearnerError as exc:
             rows["fd"].fail(tagged(tag, exc), kind="error")
         else:

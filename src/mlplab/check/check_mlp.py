@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlplab.check import reference
-from mlplab.check.cache import check_cache
 from mlplab.check.arrays import close
-from mlplab.check.diagnose import mismatch
+from mlplab.check.cache import check_cache
 from mlplab.check.check_linear import grad_arrays, param_arrays
 from mlplab.check.context import LearnerError, Probe
+from mlplab.check.diagnose import mismatch
 from mlplab.nn import ELU, Linear, Sequential, Softmax
 
 NAME = "MLP"

@@ -66,9 +66,8 @@ def linear_bias_grad(actual: np.ndarray, expected: np.ndarray, dout: np.ndarray)
                 text += ": a mean where a sum belongs"
             return "linear-bias-grad", text
     if actual.size == batch and batch != out_f and close(actual.reshape(-1), dout.sum(axis=1)):
-        return ("linear-bias-grad",
-                f"your db has shape {actual.shape} and equals dY summed over its out axis (axis 1); "
-                f"the sum runs over the batch (axis 0), giving shape ({out_f},)")
+        return "linear-bias-grad", (f"your db has shape {actual.shape} and equals dY summed over its out axis "
+                                    f"(axis 1); the sum runs over the batch (axis 0), giving shape ({out_f},)")
     if actual.shape == dout.shape and batch > 1 and close(actual, dout):
         return "linear-bias-grad", f"your db is dY itself, shape {actual.shape}, not summed over the batch"
     if actual.size == 1 and batch * out_f > 1 and close(actual.reshape(-1), [dout.sum()]):
@@ -137,9 +136,8 @@ def softmax_large_logits(actual: np.ndarray, x: np.ndarray) -> Finding:
 def cross_entropy_loss(actual: float, expected: float, batch: int) -> Finding:
     c = constant_factor(np.array([actual]), np.array([expected]))
     if c is not None and batch > 1 and abs(c - batch) <= 1e-6 * batch:
-        return ("cross-entropy-not-mean",
-                f"your loss is {actual:.6g}, the expected {expected:.6g} × {batch} (= S, the batch size): "
-                f"the sum over the batch where the mean belongs")
+        return "cross-entropy-not-mean", (f"your loss is {actual:.6g}, the expected {expected:.6g} × {batch} "
+                                          f"(= S, the batch size): the sum over the batch where the mean belongs")
     return None, f"your loss is {actual:.6g}, expected {expected:.6g}"
 
 

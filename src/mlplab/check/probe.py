@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mlplab.check import check_activations, check_linear, check_loss, check_mlp, check_train
+from mlplab.check import (
+    check_activations,
+    check_linear,
+    check_loss,
+    check_mlp,
+    check_train,
+)
 from mlplab.check.context import LearnerError, Probe
 
 CLASSES = ("LinearModule", "ELUModule", "SoftMaxModule", "CrossEntropyModule")

@@ -81,8 +81,8 @@ def as_text(outcome: Outcome) -> str:
 
 
 def training_table(train: dict) -> list[str]:
-    lines = [f"Training: {train['steps']} SGD steps on digits, lr {train['lr']}, batch {train['batch']}, "
-             f"hidden {train['hidden']}, from mlplab's initial weights"]
+    lines = [(f"Training: {train['steps']} SGD steps on digits, lr {train['lr']}, batch {train['batch']}, "
+              f"hidden {train['hidden']}, from mlplab's initial weights")]
     if train["mlplab"]:
         lines.append(f"  {'step':>4}  {'mlplab':>12}  {'yours':>12}  {'difference':>11}")
         for step, (mine, theirs) in enumerate(zip(train["mlplab"], train["yours"]), start=1):
