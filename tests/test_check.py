@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlplab.check.catalogue import MISTAKES, UNRECOGNISED
+from mlplab.check.catalogue import MISTAKES, MODULE_SECTIONS, UNRECOGNISED
 from mlplab.check.report import as_text, diagnoses
 from mlplab.check.runner import run_probe
 from mlplab.cli import main
@@ -260,6 +260,7 @@ def test_every_mistake_has_two_learners_and_a_real_docs_section():
                 if line.startswith("## ")}
     for mistake in MISTAKES.values():
         assert mistake.section in headings, mistake.id
+    assert set(MODULE_SECTIONS.values()) <= headings
 
 
 @pytest.mark.parametrize("case", [name for name in CASES if not name.startswith("edition/")])
@@ -328,6 +329,7 @@ def test_an_unknown_mistake_is_unrecognised_with_its_numbers(tmp_path):
     found = diagnoses(outcome)
     assert [d["id"] for d in found] == [UNRECOGNISED]
     assert found[0]["module"] == "ELUModule" and "relative error" in found[0]["message"]
+    assert 'section "Element-wise activations"' in found[0]["message"]
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

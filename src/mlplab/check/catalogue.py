@@ -46,3 +46,12 @@ MISTAKES: dict[str, Mistake] = {m.id: m for m in (
 
 #: the id of a failure that matches no named mistake
 UNRECOGNISED = "unrecognised"
+
+#: where docs/backprop.md derives each module, for failures that match no named mistake
+MODULE_SECTIONS = {
+    "LinearModule": "Linear",
+    "ELUModule": "Element-wise activations",
+    "SoftMaxModule": "Softmax",
+    "CrossEntropyModule": "Cross-entropy on probabilities",
+    "MLP": "Sequential and the whole MLP",
+}

@@ -46,7 +46,7 @@ def _central_differences(probe: Probe, row, name: str, module, x, dout, dx, tag:
     x_work = x.copy()
 
     def loss():
-        return float(np.sum(np.asarray(module.forward(x_work), dtype=np.float64) * dout))
+        return float(np.sum(np.asarray(module.forward(x_work.copy()), dtype=np.float64) * dout))  # (a forward may write to its input)
 
     index = sample_indices(x.shape, FD_ENTRIES, rng)
     try:

@@ -121,7 +121,7 @@ def _central_differences(probe, layer, row, tag, x, dout, dw, db, dx, rng) -> No
     x_work = x.copy()
 
     def loss():
-        return float(np.sum(np.asarray(layer.forward(x_work), dtype=np.float64) * dout))
+        return float(np.sum(np.asarray(layer.forward(x_work.copy()), dtype=np.float64) * dout))  # (a forward may write to its input)
 
     try:
         for name, array, analytic in (("dW", layer.params["weight"], dw), ("db", layer.params["bias"], db),

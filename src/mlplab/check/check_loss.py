@@ -96,7 +96,7 @@ def check(probe: Probe, cls) -> Labels:
         index = sample_indices(work.shape, FD_ENTRIES, rng)
 
         def loss(module=module, work=work, given=given):
-            return float(np.asarray(module.forward(work, given), dtype=np.float64).reshape(-1)[0])
+            return float(np.asarray(module.forward(work.copy(), given), dtype=np.float64).reshape(-1)[0])
 
         try:
             numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences, loss, work, index)

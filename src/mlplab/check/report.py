@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mlplab.check.catalogue import UNRECOGNISED
+from mlplab.check.catalogue import MODULE_SECTIONS, UNRECOGNISED
 from mlplab.check.runner import Outcome
 
 
@@ -25,7 +25,9 @@ def diagnoses(outcome: Outcome) -> list[dict]:
         elif check.get("kind") == "numbers" and check["module"] not in explained:
             explained.add(check["module"])  # one per module: its other rows are usually the same error seen again
             found.append({"id": UNRECOGNISED, "module": check["module"],
-                          "message": f"{check['name']}: {check['evidence']} (no known mistake gives these numbers)"})
+                          "message": f"{check['name']}: {check['evidence']} (no known mistake gives these numbers)"
+                          + (f". Derived in docs/backprop.md, section \"{MODULE_SECTIONS[check['module']]}\"."
+                             if check["module"] in MODULE_SECTIONS else "")})
     return found
 
 
@@ -35,6 +37,7 @@ def as_json(outcome: Outcome) -> str:
         "seed": outcome.seed,
         "passed": outcome.passed,
         "stopped": outcome.stopped,
+        "output_tail": outcome.output_tail if outcome.stopped else "",
         "checks": [{"name": c["name"], "module": c["module"], "passed": c["passed"], "evidence": c["evidence"]}
                    for c in outcome.checks],
         "diagnoses": diagnoses(outcome),

@@ -92,7 +92,10 @@ def run_probe(folder: Path, seed: int = 0, train: bool = False, timeout: float =
 def _kill_group(process: subprocess.Popen) -> None:
     """SIGKILL the probe's process group, and wait (up to 2 s) until none of it is still running."""
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows has no process groups to kill; the probe itself at least
+            process.kill()
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
