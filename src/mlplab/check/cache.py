@@ -39,7 +39,8 @@ def check_cache(row: Row, make: Callable, step: Callable, names: list[str], x1, 
     wrong = [i for i, (a, b) in enumerate(zip(reused, fresh)) if not _same(a, b)]
     if not wrong:
         return
-    listed = " and ".join(names[i] for i in wrong)
+    parts = [names[i] for i in wrong]
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     verb = "equals" if len(wrong) == 1 else "equal"
     differ = "differs" if len(wrong) == 1 else "differ"
     if consequence:
