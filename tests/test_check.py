@@ -248,6 +248,8 @@ def outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("learners")
     folders = {name: write_learner(root / name.replace("/", "__"), edits) for name, edits in CASES.items()}
     folders["own-modules"] = write_learner(root / "own-modules", modules=OWN_MODULES)
+    folders["two-mistakes"] = write_learner(root / "two-mistakes", MUTATIONS["linear-bias-grad"]["mean"]
+                                            + MUTATIONS["softmax-overflow"]["global-max"])
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {name: pool.submit(run_probe, folder, 0, False, 120) for name, folder in folders.items()}
         return {name: future.result() for name, future in futures.items()}
@@ -314,6 +316,12 @@ def test_evidence_names_the_numbers(outcomes):
     assert "Linear(12 → 5) → ELU → Softmax" in by_id["mlp-structure/elu-before-softmax"]
 
 
+def test_two_mistakes_are_both_named(outcomes):
+    found = diagnoses(outcomes["two-mistakes"])
+    assert [(d["id"], d["module"]) for d in found] == [("linear-bias-grad", "LinearModule"),
+                                                        ("softmax-overflow", "SoftMaxModule")]
+
+
 def test_docs_show_each_mistake_as_mlplab_check_reports_it(outcomes):
     """docs/check.md's worked examples are real output: each is the first learner of its mistake."""
     docs = (REPO / "docs" / "check.md").read_text()
@@ -359,6 +367,9 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert code == 2 and "no such folder" in err
     code, _, err = run_cli(capsys, tmp_path)
     assert code == 2 and "no modules.py" in err
+    (tmp_path / "notes.txt").write_text("")
+    code, _, err = run_cli(capsys, tmp_path / "notes.txt")
+    assert code == 2 and "is a file" in err
     (tmp_path / "modules.py").write_text(MODULES)
     code, _, err = run_cli(capsys, tmp_path, "--train")
     assert code == 2 and "mlp_numpy.py" in err

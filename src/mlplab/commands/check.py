@@ -32,8 +32,10 @@ def run(args) -> int:
     from mlplab.errors import ConfigError
 
     folder = Path(args.folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise ConfigError(f"no such folder: {folder}")
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; give the folder that holds modules.py")
     if not (folder / "modules.py").is_file():
         raise ConfigError(f"{folder} holds no modules.py (the LinearModule, ELUModule, SoftMaxModule and "
                           f"CrossEntropyModule to check)")
