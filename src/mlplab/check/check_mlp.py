@@ -66,9 +66,10 @@ def build(probe: Probe, mlp_cls, classes: dict, n_inputs: int, n_hidden: list[in
             else:
                 cls.__init__ = init
     built = Built(mlp)
-    wrapped = []
+    wrapped = []  # (instance, its own 'forward' attribute if it had one)
     for kind, instance, args in made.values():
         original = instance.forward
+        own = getattr(instance, "__dict__", {}).get("forward")
 
         def recording_forward(*a, _original=original, _entry=(kind, instance, args), **k):
             built.calls.append(_entry)
@@ -76,14 +77,17 @@ def build(probe: Probe, mlp_cls, classes: dict, n_inputs: int, n_hidden: list[in
 
         try:
             instance.forward = recording_forward
-            wrapped.append(instance)
+            wrapped.append((instance, own))
         except (AttributeError, TypeError):
             pass
     try:
         probe.call(f"{NAME}.forward", mlp.forward, x.copy())
     finally:
-        for instance in wrapped:
-            instance.__dict__.pop("forward", None)
+        for instance, own in wrapped:
+            if own is None:
+                del instance.forward
+            else:
+                instance.forward = own
     return built
 
 
