@@ -18,7 +18,7 @@ from mlplab import __version__
 from mlplab.errors import MlplabError, TrainingInterrupted
 
 #: subcommand modules, in the order ``mlplab --help`` lists them
-COMMANDS = ("train", "evaluate", "report", "compare", "gradcheck", "presets", "hessian", "gradflow", "sweep")
+COMMANDS = ("train", "evaluate", "report", "compare", "gradcheck", "presets", "hessian", "gradflow", "sweep", "check")
 
 
 #: what to pip install for an import name, where the two differ or an extra of mlplab provides it
