@@ -117,11 +117,14 @@ def run(args) -> int:
 @contextlib.contextmanager
 def _storage_advice(run_dir):
     """A failed write (full disk) ends with what the run folder still offers: the epoch to resume from."""
+    import errno
+
     from mlplab.errors import StorageError
     from mlplab.training.run import after_storage_error
 
     try:
         yield
     except StorageError as exc:
-        raise StorageError(f"{exc}; {after_storage_error(run_dir)}", errno=exc.errno, path=exc.filename,
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StorageError(f"{exc}; {after_storage_error(run_dir, full)}", errno=exc.errno, path=exc.filename,
                            size=exc.size) from exc

@@ -143,8 +143,8 @@ class RunFolderListener:
                 (self.run_dir / "summary.json").unlink(missing_ok=True)
             except OSError as exc:
                 raise storage_error(exc, self.run_dir / "summary.json", action="removing") from exc
-        self.steps = CsvLog(steps_path, STEP_COLUMNS)
-        self.history = CsvLog(history_path, HISTORY_COLUMNS)
+        self.steps = CsvLog(steps_path, STEP_COLUMNS, append=self.resumed)
+        self.history = CsvLog(history_path, HISTORY_COLUMNS, append=self.resumed)
         if self.resumed and trainer.best_state:
             saved = read_checkpoint_meta(self.run_dir / "best.npz")
             if saved is None or saved.get("epoch") != trainer.best_epoch:  # its write failed last time
@@ -241,7 +241,7 @@ class GradientTracker:
         if self.path is not None:
             if self.resumed:
                 truncate_csv(self.path, lambda row: int(row["step"]) <= trainer.global_step)
-            self.log = CsvLog(self.path, GRADIENT_COLUMNS)
+            self.log = CsvLog(self.path, GRADIENT_COLUMNS, append=self.resumed)
         self._request(trainer)
 
     def on_step(self, trainer, loss: float) -> None:

@@ -77,22 +77,23 @@ def prepare_run_dir(path, *, overwrite: bool = False, create: bool = True) -> Pa
     return path
 
 
-def after_storage_error(run_dir) -> str:
-    """What a run folder still offers after a write failed in it: the epoch ``--resume`` starts
-    from, or that the run finished and only its report is missing (for the one-line error)."""
+def after_storage_error(run_dir, full: bool = True) -> str:
+    """What a run folder still offers after a write failed in it (``full``: for want of space):
+    the epoch ``--resume`` starts from, or that the run finished and only its report is missing."""
     from mlplab.training.checkpoint import read_checkpoint_meta
 
     run_dir = Path(run_dir)
+    fix = "free some space and" if full else "once the disk takes writes again,"
     if not run_dir.is_dir():
-        return "the run folder is gone"
+        return "nothing is left to resume from"
     if (run_dir / "summary.json").exists():
         return f"the run finished and its checkpoints are saved; write its report with `mlplab report {run_dir}`"
     meta = read_checkpoint_meta(run_dir / "last.npz")
     if meta is None:
-        return "no checkpoint was saved yet; free some space and start the run again"
+        return f"no checkpoint was saved yet; {fix} start the run again"
     epoch, step = int(meta.get("epoch", 0)), int(meta.get("step_in_epoch", 0))
     where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-    return f"last.npz keeps the run as it was at {where}; free some space and continue with `mlplab train --resume {run_dir}`"
+    return f"last.npz keeps the run as it was at {where}; {fix} continue with `mlplab train --resume {run_dir}`"
 
 
 def git_commit() -> str | None:
@@ -158,23 +159,27 @@ class CsvLog:
     A failed write becomes a :class:`~mlplab.errors.StorageError`. Rows cut short by it are
     harmless: a resumed run keeps only the rows up to its checkpoint (:func:`truncate_csv`)."""
 
-    def __init__(self, path: Path, columns):
+    def __init__(self, path: Path, columns, *, append: bool = True):
         self.path = path
         self.columns = tuple(columns)
         try:
-            new = not path.exists() or path.stat().st_size == 0
-            self.handle = open(path, "a", newline="", encoding="utf-8")
+            # A run that does not resume starts its logs afresh: rows left by an attempt that
+            # stopped before its first checkpoint (a full disk) belong to no run.
+            new = not append or not path.exists() or path.stat().st_size == 0
+            self.handle = open(path, "a" if append else "w", newline="", encoding="utf-8")
             self.writer = csv.writer(self.handle)
+            self.pending = 0  # about the bytes written since the last flush, for a full disk's message
             if new:
-                self.writer.writerow(self.columns)
+                self.write(self.columns)
         except OSError as exc:
             raise storage_error(exc, path) from exc
 
     def write(self, row) -> None:
+        self.pending += sum(len(str(value)) + 1 for value in row) + 1
         try:
             self.writer.writerow(row)
         except OSError as exc:  # the buffer filled up and the disk refused it
-            raise storage_error(exc, self.path) from exc
+            raise storage_error(exc, self.path, size=self.pending) from exc
 
     def flush(self) -> None:
         """Hand the rows to the disk. Called before a checkpoint is written, so that the rows a
@@ -183,7 +188,8 @@ class CsvLog:
             self.handle.flush()
             os.fsync(self.handle.fileno())
         except OSError as exc:
-            raise storage_error(exc, self.path) from exc
+            raise storage_error(exc, self.path, size=self.pending) from exc
+        self.pending = 0
 
     def close(self) -> None:
         if not self.handle.closed:
