@@ -168,18 +168,23 @@ class CsvLog:
             new = not append or not path.exists() or path.stat().st_size == 0
             self.handle = open(path, "a" if append else "w", newline="", encoding="utf-8")
             self.writer = csv.writer(self.handle)
-            self.pending = 0  # about the bytes written since the last flush, for a full disk's message
+            self.pending, self.last_row = 0, self.columns  # rows since the last flush, for a full disk's message
             if new:
                 self.write(self.columns)
         except OSError as exc:
             raise storage_error(exc, path) from exc
 
     def write(self, row) -> None:
-        self.pending += sum(len(str(value)) + 1 for value in row) + 1
+        self.pending += 1
+        self.last_row = row
         try:
             self.writer.writerow(row)
         except OSError as exc:  # the buffer filled up and the disk refused it
-            raise storage_error(exc, self.path, size=self.pending) from exc
+            raise storage_error(exc, self.path, size=self._pending_bytes()) from exc
+
+    def _pending_bytes(self) -> int:
+        # counted only when a write failed: the rows since the last flush, each about as long as the last
+        return self.pending * (sum(len(str(value)) + 1 for value in self.last_row) + 1)
 
     def flush(self) -> None:
         """Hand the rows to the disk. Called before a checkpoint is written, so that the rows a
@@ -188,7 +193,7 @@ class CsvLog:
             self.handle.flush()
             os.fsync(self.handle.fileno())
         except OSError as exc:
-            raise storage_error(exc, self.path, size=self.pending) from exc
+            raise storage_error(exc, self.path, size=self._pending_bytes()) from exc
         self.pending = 0
 
     def close(self) -> None:
