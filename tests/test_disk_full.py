@@ -375,3 +375,33 @@ def test_a_real_disk_too_small_for_the_first_checkpoint(tmp_path):
                          "no checkpoint was saved yet; free some space and start the run again")
         assert_folder_intact(run, None)
         assert not list(run.glob("*.npz"))
+
+
+def test_a_csv_log_that_fills_the_disk_keeps_its_complete_rows(tmp_path):
+    from mlplab.training.run import STEP_COLUMNS, CsvLog, truncate_csv
+
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        filler = disk / "filler"
+        with open(filler, "wb") as handle:  # leave the log a few pages
+            with contextlib.suppress(OSError):
+                handle.write(b"\0" * (1024 * 1024 - 4 * 4096))
+        path = disk / "steps.csv"
+        log = CsvLog(path, STEP_COLUMNS, append=False)
+        flushed = 0  # the step a checkpoint written now would count
+        with pytest.raises(StorageError) as info:
+            for step in range(1, 100_000):
+                log.write((1, step, repr(0.1 * step)))
+                if step % 50 == 0:
+                    log.flush()
+                    flushed = step
+        log.close()  # what the buffer still held is dropped quietly; the error above was the one to report
+        COUNTS["fault points"] += 1
+        assert str(info.value).startswith(f"no space left on device while writing {path} (needs about ")
+        filler.unlink()  # space freed: a resume keeps the rows it counts, none cut short
+        written = path.stat().st_size
+        truncate_csv(path, lambda row: int(row["step"]) <= flushed)
+        assert path.stat().st_size < written  # rows after the last flush had landed, the last one cut short
+        lines = path.read_text().splitlines()
+        assert flushed >= 50 and lines == [",".join(STEP_COLUMNS)] + [f"1,{step},{0.1 * step!r}" for step in range(1, flushed + 1)]
+        assert not list(disk.glob(".*.tmp"))
+        COUNTS["files checked"] += 1
