@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,8 @@ def test_a_failed_write_stops_cleanly_and_the_run_completes_exactly(
     COUNTS["fault points"] += 1
     assert fault.fired or target.endswith(".png")  # a figure's fault fires in a worker process
     line = one_line_error(capsys)
-    meaning = "no space left on device" if code == errno.ENOSPC else "input/output error (a failing disk or a lost network mount)"
+    meaning = ("no space left on device" if code == errno.ENOSPC
+               else "input/output error (a failing disk or a lost network mount)")
     assert line.startswith(f"mlplab train: error: {meaning} while writing {run / target} (needs about "), line
     fix = "free some space and" if code == errno.ENOSPC else "once the disk takes writes again,"
     assert_folder_intact(run, saved_epoch)
@@ -200,7 +202,8 @@ def test_a_failed_write_stops_cleanly_and_the_run_completes_exactly(
 
 
 @pytest.mark.parametrize("code, meaning", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied")])
-def test_a_folder_that_refuses_new_files_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, reference, code, meaning):
+def test_a_folder_that_refuses_new_files_keeps_the_previous_checkpoint(
+        tmp_path, capsys, monkeypatch, reference, code, meaning):
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         fault = FaultyDisk(patch, "last.npz", code, nth=2, stage="create")
@@ -284,6 +287,27 @@ def test_a_run_folder_made_read_only_during_the_run_keeps_its_checkpoint(tmp_pat
     assert_same_as(reference, run)
 
 
+def test_too_little_free_space_is_a_warning_with_the_figures_before_the_first_epoch(tmp_path, monkeypatch):
+    import mlplab
+
+    free = {"bytes": 30_000}
+    monkeypatch.setattr(listeners_module, "free_space", lambda folder: free["bytes"])
+    warned_by_epoch_1 = []
+    _with_listener(monkeypatch, AtEpochStart(1, lambda run_dir: warned_by_epoch_1.append(len(caught))))
+    options = dict(dataset="digits", hidden_dims=[16], epochs=1, momentum=0.9, quiet=True, report=False)
+    with pytest.warns(UserWarning) as caught:
+        mlplab.train(out=str(tmp_path / "short"), **options)
+    # 64-16-10 in float32: 4,840 bytes of weights (+ headers) in best.npz; last.npz adds momentum and the best model
+    assert [str(w.message) for w in caught] == [
+        f"only 30 kB free in {tmp_path / 'short'}, and this run's checkpoints need about 39 kB more "
+        "(last.npz 17 kB twice while it is replaced, best.npz 5.6 kB): it may stop with 'no space left on device'"]
+    assert warned_by_epoch_1 == [1]
+    free["bytes"] = 40_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlplab.train(out=str(tmp_path / "enough"), **options)
+
+
 # -- the helper itself --------------------------------------------------------------------------
 def test_atomic_write_keeps_the_previous_file_and_names_what_it_needed(tmp_path, monkeypatch):
     path = tmp_path / "data.bin"
@@ -318,7 +342,8 @@ def tmpfs(folder: Path, size: str):
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("a real full disk needs root to mount a tmpfs")
     folder.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                            capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
@@ -343,8 +368,8 @@ def test_a_real_disk_that_fills_mid_run(tmp_path):
         COUNTS["fault points"] += 1
         assert cut.returncode == 1 and "Traceback" not in cut.stderr, cut.stderr
         warning, error = cut.stderr.strip().splitlines()
-        assert re.fullmatch(r"mlplab train: warning: only \d+ MB free in .*, and this run's checkpoints need about "
-                            r"87 MB more \(last\.npz 35 MB twice while it is replaced, best\.npz 17 MB\).*", warning), warning
+        assert re.fullmatch(r"mlplab train: warning: only \d+ MB free in .*, and this run's checkpoints need about 87 MB "
+                            r"more \(last\.npz 35 MB twice while it is replaced, best\.npz 17 MB\).*", warning), warning
         assert error.startswith(f"mlplab train: error: no space left on device while writing {run / 'last.npz'} "
                                 "(needs about 35 MB, "), error
         assert f"at the end of epoch 1; free some space and continue with `mlplab train --resume {run}`" in error
@@ -402,6 +427,7 @@ def test_a_csv_log_that_fills_the_disk_keeps_its_complete_rows(tmp_path):
         truncate_csv(path, lambda row: int(row["step"]) <= flushed)
         assert path.stat().st_size < written  # rows after the last flush had landed, the last one cut short
         lines = path.read_text().splitlines()
-        assert flushed >= 50 and lines == [",".join(STEP_COLUMNS)] + [f"1,{step},{0.1 * step!r}" for step in range(1, flushed + 1)]
+        assert flushed >= 50
+        assert lines == [",".join(STEP_COLUMNS)] + [f"1,{step},{0.1 * step!r}" for step in range(1, flushed + 1)]
         assert not list(disk.glob(".*.tmp"))
         COUNTS["files checked"] += 1
