@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import io
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from mlplab.cli import main
 from mlplab.errors import StorageError
 from mlplab.storage import atomic_write, format_size, storage_error
 from mlplab.training import listeners as listeners_module
+from mlplab.training import run as run_module
 from mlplab.training.checkpoint import load_checkpoint
 
 EPOCHS = 3
@@ -66,22 +68,21 @@ def _target(name: str) -> str:
 
 
 class FaultyDisk:
-    """Makes the ``nth`` sync (``os.fsync``) of ``target`` fail with ``code``, as a full disk with
-    delayed allocation or a failing one answers; ``stage="create"`` fails the creation of its
-    temporary file instead (``os.open``), as a read-only file system does. Forked children (the
-    report's figure workers) inherit it, and each figure is written once, so ``nth=1`` is exact."""
+    """Makes the disk refuse the ``nth`` write of ``target`` with ``code``.
 
-    def __init__(self, monkeypatch, target: str, code: int, nth: int = 1, stage: str = "sync"):
+    - A file written whole and atomically (checkpoint, JSON, figure, report): its ``nth`` sync
+      (``os.fsync``) fails, as a full disk with delayed allocation or a failing one answers.
+      Forked children (the report's figure workers) inherit this, and each figure is written
+      once, so ``nth=1`` is exact there.
+    - A CSV log appended to: the ``nth`` time its buffer goes to the file, the file takes all but
+      the last few bytes and then fails, as a file system that fills up mid-row does.
+    - ``stage="create"``: the creation of its temporary file fails (``os.open``), as a read-only
+      file system answers.
+    """
+
+    def __init__(self, monkeypatch, target: str, code: int, nth: int = 1, stage: str = "write"):
         self.target, self.code, self.nth, self.seen, self.fired = target, code, nth, 0, False
-        if stage == "sync":
-            real = os.fsync
-
-            def fsync(fd):
-                self._maybe_fail(os.readlink(f"/proc/self/fd/{fd}"))
-                return real(fd)
-
-            monkeypatch.setattr(os, "fsync", fsync)
-        else:
+        if stage == "create":
             real_open = os.open
 
             def open_(path, flags, *args, **kwargs):
@@ -90,6 +91,24 @@ class FaultyDisk:
                 return real_open(path, flags, *args, **kwargs)
 
             monkeypatch.setattr(os, "open", open_)
+        elif target.endswith(".csv"):
+            def open_log(path, mode="r", *args, **kwargs):
+                handle = open(path, mode, *args, **kwargs)
+                if os.path.basename(path) != target or mode[0] not in "aw":
+                    return handle
+                encoding = handle.encoding
+                raw = FaultyRaw(handle.detach().detach(), self)
+                return io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, newline="")
+
+            monkeypatch.setattr(run_module, "open", open_log, raising=False)
+        else:
+            real_fsync = os.fsync
+
+            def fsync(fd):
+                self._maybe_fail(os.readlink(f"/proc/self/fd/{fd}"))
+                return real_fsync(fd)
+
+            monkeypatch.setattr(os, "fsync", fsync)
 
     def _maybe_fail(self, path: str) -> None:
         if _target(os.path.basename(path)) == self.target:
@@ -97,6 +116,35 @@ class FaultyDisk:
             if self.seen == self.nth:
                 self.fired = True
                 raise OSError(self.code, os.strerror(self.code))
+
+
+class FaultyRaw(io.RawIOBase):
+    """A log file's raw file whose ``fault.nth`` write lands all but its last bytes, and every
+    write after it fails."""
+
+    def __init__(self, raw, fault: FaultyDisk):
+        self.raw, self.fault, self.failing = raw, fault, False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def write(self, data) -> int:
+        if self.failing:  # and stays full: what the buffer still holds at close is refused too
+            self.fault.fired = True
+            raise OSError(self.fault.code, os.strerror(self.fault.code))
+        if self.fault.seen + 1 == self.fault.nth:
+            self.failing = True  # the next call, for the other half, is refused
+            return self.raw.write(bytes(data)[: max(1, len(data) - 3)])  # the last row loses its end
+        else:
+            self.fault.seen += 1
+        return self.raw.write(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
@@ -184,6 +232,8 @@ def test_a_failed_write_stops_cleanly_and_the_run_completes_exactly(
     assert line.startswith(f"mlplab train: error: {meaning} while writing {run / target} (needs about "), line
     fix = "free some space and" if code == errno.ENOSPC else "once the disk takes writes again,"
     assert_folder_intact(run, saved_epoch)
+    if target.endswith(".csv"):  # half a row landed: the resume (or a fresh start) must drop it
+        assert not (run / target).read_bytes().endswith(b"\n")
 
     if then == "again":  # nothing to resume: the same command starts afresh in the same folder
         assert f"no checkpoint was saved yet; {fix} start the run again" in line
