@@ -195,8 +195,8 @@ def assert_same_as(reference: Path, run: Path) -> None:
 
 
 # -- faults at each kind of file ----------------------------------------------------------------
-# (file, nth sync of it, the epoch last.npz then holds (None: none yet), how the run is completed)
-# A run syncs per epoch: gradients.csv, steps.csv, history.csv, then last.npz and, when the
+# (file, nth write of it, the epoch last.npz then holds (None: none yet), how the run is completed)
+# A run writes per epoch: gradients.csv, steps.csv, history.csv, then last.npz and, when the
 # validation accuracy improved, best.npz; at the end summary.json, the figures and the report.
 FAULT_POINTS = [
     ("config.json", 1, None, "again"),
@@ -232,7 +232,7 @@ def test_a_failed_write_stops_cleanly_and_the_run_completes_exactly(
     assert line.startswith(f"mlplab train: error: {meaning} while writing {run / target} (needs about "), line
     fix = "free some space and" if code == errno.ENOSPC else "once the disk takes writes again,"
     assert_folder_intact(run, saved_epoch)
-    if target.endswith(".csv"):  # half a row landed: the resume (or a fresh start) must drop it
+    if target.endswith(".csv"):  # a cut row landed: the resume (or a fresh start) must drop it
         assert not (run / target).read_bytes().endswith(b"\n")
 
     if then == "again":  # nothing to resume: the same command starts afresh in the same folder
