@@ -31,6 +31,33 @@ class RunFolderBusy(CheckpointError):
     """A run folder another process is writing (its lock is taken; exit code 1)."""
 
 
+class StorageError(CheckpointError, OSError):
+    """A file of a run that could not be written: a full, failing, read-only or vanished disk
+    (exit code 1). The message names the cause, the file and the space it needed.
+
+    It is also an ``OSError`` so that code which already treats a failed write as an OSError
+    (a cache that is only an optimisation, a sweep that requeues a trial) keeps doing so."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, errno: int | None = None, path: str | None = None, size: int | None = None):
+        super().__init__(message)
+        # OSError's own slots, so ``exc.errno`` / ``exc.strerror`` answer as for the original error
+        self.errno, self.filename = errno, path
+        self.strerror = message
+        self.size = size
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # pickled back from a report's figure worker with its fields
+        return (_storage_error, (self.args[0] if self.args else "", self.errno, self.filename, self.size))
+
+
+def _storage_error(message, errno, path, size):
+    return StorageError(message, errno=errno, path=path, size=size)
+
+
 class DivergedError(MlplabError):
     """Training produced a non-finite loss (exit code 3)."""
 

@@ -135,7 +135,7 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
 
     from mlplab import __version__
     from mlplab import hessian as hs
-    from mlplab.errors import CheckpointError
+    from mlplab.errors import CheckpointError, StorageError
     from mlplab.training.checkpoint import write_json_atomic
 
     tol = VERDICT_TOLERANCE if tol is None else tol
@@ -180,6 +180,8 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
         png = run_dir / DENSITY_NAME
         try:
             hs.plot_density(sld, png, title=f"Hessian spectral density: {run_dir.name}, {len(y):,} {split} samples")
+        except StorageError:  # already one line naming the file and the cause
+            raise
         except OSError as exc:
             raise CheckpointError(f"cannot write {str(png)!r}: {exc}") from None
         timing["density_seconds"] = time.perf_counter() - phase
@@ -227,6 +229,8 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
     }
     try:
         write_json_atomic(run_dir / JSON_NAME, result)
+    except StorageError:
+        raise
     except OSError as exc:
         raise CheckpointError(f"cannot write {str(run_dir / JSON_NAME)!r}: {exc}") from None
     return result

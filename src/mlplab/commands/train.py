@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from mlplab.config import ACTIVATIONS, BACKENDS, DEVICES, DTYPES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, WHITENINGS
 
@@ -109,7 +110,8 @@ def run(args) -> int:
 
     options = options_from_args(args)
     if args.resume:
-        train(resume=args.resume, **options)
+        with _storage_advice(args.resume):
+            train(resume=args.resume, **options)
         return 0
     config = resolve_config(preset=getattr(args, "preset", None), config_file=getattr(args, "config_file", None), options=options)
     if config.nproc > 1:
@@ -123,5 +125,22 @@ def run(args) -> int:
         return launch(args, config)
     if not config.out:
         config.out = str(default_run_dir(config.short_name()))
-    train(config)
+    with _storage_advice(config.out):
+        train(config)
     return 0
+
+
+@contextlib.contextmanager
+def _storage_advice(run_dir):
+    """A failed write (full disk) ends with what the run folder still offers: the epoch to resume from."""
+    import errno
+
+    from mlplab.errors import StorageError
+    from mlplab.training.run import after_storage_error
+
+    try:
+        yield
+    except StorageError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StorageError(f"{exc}; {after_storage_error(run_dir, full)}", errno=exc.errno, path=exc.filename,
+                           size=exc.size) from exc

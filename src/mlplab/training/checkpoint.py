@@ -1,8 +1,5 @@
-"""Checkpoints (``.npz``) and atomic file writes.
-
-Every file a run keeps is written to a temporary file in the same folder, flushed and fsynced,
-then renamed over the target, and the folder is fsynced: a crash or ``kill -9`` at any moment
-leaves either the previous file or the new one, never a torn one.
+"""Checkpoints (``.npz``), written atomically (see :mod:`mlplab.storage`, whose helpers this
+module re-exports for its older callers).
 
 A checkpoint holds arrays under prefixes — ``model/<state-dict key>``, ``optimizer/<state key>``,
 ``best/<state-dict key>`` — and one JSON document, ``__meta__``, with everything else (format
@@ -12,8 +9,6 @@ version, model config, epoch, history, RNG states, ...). It loads without pickle
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,73 +17,10 @@ import numpy as np
 
 from mlplab import __version__
 from mlplab.errors import CheckpointError
+from mlplab.storage import _json_default, atomic_write, write_json_atomic, write_text_atomic  # noqa: F401
 
 FORMAT = "mlplab-checkpoint"
 FORMAT_VERSION = 1
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-#: permissions of the files mlplab writes: what open() would give (mkstemp alone makes them 0600)
-FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path, write, mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def write_json_atomic(path, data) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=_json_default) + "\n"), mode="w")
-
-
-def write_text_atomic(path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 @dataclass
@@ -110,7 +42,13 @@ def save_checkpoint(path, *, model: dict, meta: dict, optimizer: dict | None = N
             arrays[f"{prefix}/{key}"] = np.asarray(value)
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mlplab_version": __version__, **meta}
     arrays["__meta__"] = np.array(json.dumps(full_meta, default=_json_default))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays), size=checkpoint_size(arrays))
+
+
+def checkpoint_size(arrays) -> int:
+    """About the bytes of an ``.npz`` holding ``arrays`` (stored, not compressed, as np.savez does)."""
+    # each member carries a .npy header and two zip headers with its name: about 200 bytes
+    return sum(np.asarray(a).nbytes + 200 for a in arrays.values())
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -147,6 +85,17 @@ def load_checkpoint(path) -> Checkpoint:
     if not groups["model"]:
         raise CheckpointError(f"{str(path)!r} holds no model weights")
     return Checkpoint(groups["model"], meta, groups["optimizer"], groups["best"], path)
+
+
+def read_checkpoint_meta(path) -> dict | None:
+    """The metadata of the checkpoint at ``path`` without reading its arrays; None when the file
+    is missing or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
 def checkpoint_path(run_or_file, name: str = "best.npz") -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlplab.training.checkpoint import save_checkpoint, write_json_atomic
+from mlplab.storage import format_size, free_space, storage_error
+from mlplab.training.checkpoint import read_checkpoint_meta, save_checkpoint, write_json_atomic
 from mlplab.training.run import HISTORY_COLUMNS, STEP_COLUMNS, CsvLog, truncate_csv, write_config
 
 
@@ -114,7 +115,13 @@ class ConsoleListener:
 
 
 class RunFolderListener:
-    """Writes the run folder: config.json, steps.csv, history.csv, best.npz, last.npz, summary.json."""
+    """Writes the run folder: config.json, steps.csv, history.csv, last.npz, best.npz, summary.json.
+
+    The order keeps the folder resumable when a write fails (a full disk): at the end of an epoch
+    the logs go to disk first, then last.npz (everything ``--resume`` needs, the best model
+    included), and only then best.npz, a copy for readers. A failed last.npz leaves the previous
+    one in place, and a resume drops the log rows after it; a best.npz left behind by a failure
+    is written again when the run resumes."""
 
     def __init__(self, run_dir: Path, *, resumed: bool = False):
         self.run_dir = Path(run_dir)
@@ -124,7 +131,10 @@ class RunFolderListener:
 
     def on_train_start(self, trainer) -> None:
         for leftover in self.run_dir.glob(".*.tmp"):  # temporaries of a write cut short by kill -9
-            leftover.unlink(missing_ok=True)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:  # a read-only folder: the first write below says so
+                pass
         extra = {"resumed_at_step": trainer.global_step} if self.resumed else {}
         write_config(self.run_dir, trainer.config.to_dict(), getattr(trainer.data, "info", {}), extra)
         steps_path, history_path = self.run_dir / "steps.csv", self.run_dir / "history.csv"
@@ -132,9 +142,17 @@ class RunFolderListener:
             # Rows written after the checkpoint (by a run killed before it saved again) are dropped.
             truncate_csv(steps_path, lambda row: int(row["step"]) <= trainer.global_step)
             truncate_csv(history_path, lambda row: int(row["epoch"]) <= trainer.epoch)
-            (self.run_dir / "summary.json").unlink(missing_ok=True)
-        self.steps = CsvLog(steps_path, STEP_COLUMNS)
-        self.history = CsvLog(history_path, HISTORY_COLUMNS)
+            try:
+                (self.run_dir / "summary.json").unlink(missing_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, self.run_dir / "summary.json", action="removing") from exc
+        self.steps = CsvLog(steps_path, STEP_COLUMNS, append=self.resumed)
+        self.history = CsvLog(history_path, HISTORY_COLUMNS, append=self.resumed)
+        if self.resumed and trainer.best_state:
+            saved = read_checkpoint_meta(self.run_dir / "best.npz")
+            if saved is None or saved.get("epoch") != trainer.best_epoch:  # its write failed last time
+                save_checkpoint(self.run_dir / "best.npz", model=trainer.best_state, meta=best_meta(trainer))
+        warn_if_short_of_space(trainer, self.run_dir)
 
     def on_step(self, trainer, loss: float) -> None:
         self.steps.write((trainer.epoch + 1, trainer.global_step, repr(float(loss))))
@@ -143,9 +161,9 @@ class RunFolderListener:
         self.steps.flush()
         self.history.write(tuple("" if row[c] is None else row[c] for c in HISTORY_COLUMNS))
         self.history.flush()
+        save_training_state(self.run_dir / "last.npz", trainer.training_state())
         if trainer.improved:
             save_checkpoint(self.run_dir / "best.npz", model=trainer.best_state, meta=best_meta(trainer))
-        save_training_state(self.run_dir / "last.npz", trainer.training_state())
 
     def on_interrupt(self, trainer) -> None:
         self.steps.flush()
@@ -161,6 +179,42 @@ class RunFolderListener:
         for log in (self.steps, self.history):
             if log is not None:
                 log.close()
+
+
+def _optimizer_copies(config) -> int:
+    """Optimiser state arrays kept per parameter: a momentum buffer, or Adam's two moments."""
+    if config.optimizer in ("adam", "adamw"):
+        return 2
+    return 1 if config.momentum else 0
+
+
+def checkpoint_sizes(trainer) -> tuple[int, int]:
+    """About the bytes of this run's ``(last.npz, best.npz)``: best.npz holds the model, last.npz
+    the model, its optimiser state and the best model."""
+    arrays = trainer.backend.state_dict()
+    model = sum(a.nbytes + 200 for a in arrays.values())
+    return model * (2 + _optimizer_copies(trainer.config)), model
+
+
+def warn_if_short_of_space(trainer, run_dir: Path) -> None:
+    """Warn, before the first epoch, when the run folder's disk cannot hold this run's checkpoints:
+    two last.npz (the new one is complete before it replaces the old one) and best.npz."""
+    import warnings
+
+    free = free_space(run_dir)
+    if free is None:
+        return
+    last, best = checkpoint_sizes(trainer)
+    # files this run replaces free their space as it goes
+    present = sum((run_dir / name).stat().st_size for name in ("last.npz", "best.npz") if (run_dir / name).exists())
+    needed = 2 * last + best - present
+    if needed > free:
+        warnings.warn(
+            f"only {format_size(free)} free in {run_dir}, and this run's checkpoints need about {format_size(needed)} more "
+            f"(last.npz {format_size(last)} twice while it is replaced, best.npz {format_size(best)}): "
+            "it may stop with 'no space left on device'",
+            stacklevel=2,
+        )
 
 
 class GradientTracker:
@@ -190,7 +244,7 @@ class GradientTracker:
         if self.path is not None:
             if self.resumed:
                 truncate_csv(self.path, lambda row: int(row["step"]) <= trainer.global_step)
-            self.log = CsvLog(self.path, GRADIENT_COLUMNS)
+            self.log = CsvLog(self.path, GRADIENT_COLUMNS, append=self.resumed)
         self._request(trainer)
 
     def on_step(self, trainer, loss: float) -> None:
@@ -257,9 +311,11 @@ def default_listeners(config, run_dir: Path | None, *, resumed: bool = False) ->
     if config.early_stopping:
         listeners.append(EarlyStopping(config.early_stopping))
     if run_dir is not None:
-        listeners.append(RunFolderListener(run_dir, resumed=resumed))
+        # gradients.csv before the run folder's checkpoints: its rows reach the disk before the
+        # last.npz that counts them
         if config.track_gradients:
             listeners.append(GradientTracker(config.track_gradients, Path(run_dir) / "gradients.csv", resumed=resumed))
+        listeners.append(RunFolderListener(run_dir, resumed=resumed))
         if config.report:
             listeners.append(ReportListener(run_dir))
     if config.tensorboard or config.mlflow:  # after the report: MLflow uploads its files
