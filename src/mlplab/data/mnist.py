@@ -136,6 +136,7 @@ def _source(flavour: str) -> DataSource:
 
 #: the two data sets this module reads, as registered in :mod:`mlplab.data.registry`
 SOURCES = {flavour: _source(flavour) for flavour in FLAVOURS}
+MNIST, FASHION_MNIST = SOURCES["mnist"], SOURCES["fashion-mnist"]
 
 
 def _locate(root: Path, spec: dict):

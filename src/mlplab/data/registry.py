@@ -5,14 +5,14 @@ from __future__ import annotations
 from mlplab.data.cifar10 import CIFAR10
 from mlplab.data.core import DatasetSplits
 from mlplab.data.digits import DIGITS
-from mlplab.data.mnist import SOURCES as MNIST_SOURCES
+from mlplab.data.mnist import FASHION_MNIST, MNIST
 from mlplab.data.source import DataSource
 from mlplab.errors import ConfigError
 
 #: name -> data set, in the order the CLI lists them: THE list of data sets (config validation,
 #: ``get_dataset`` and the error for an unknown name read it). A DataSource is called like a loader.
 DATASETS: dict[str, DataSource] = {
-    source.name: source for source in (CIFAR10, DIGITS, MNIST_SOURCES["mnist"], MNIST_SOURCES["fashion-mnist"])
+    source.name: source for source in (CIFAR10, DIGITS, MNIST, FASHION_MNIST)
 }
 ALIASES = {"cifar-10": "cifar10", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 #: the options every loader accepts (None: the data set's default)
