@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mlplab.data import DataWarning, cifar10, load_cifar10
+from mlplab.data import source as template
 from mlplab.errors import ConfigError, DataError
 
 N_TRAIN = 500  # 5 batches of 100 (the synthetic_cifar fixture)
@@ -210,7 +211,7 @@ def test_second_load_maps_the_prepared_splits(prepared_cache, synthetic_cifar, t
     def no_conversion(*args, **kwargs):
         raise AssertionError("the uint8 rows were converted again")
 
-    monkeypatch.setattr(cifar10, "assemble", no_conversion)
+    monkeypatch.setattr(template, "assemble", no_conversion)  # the shared template converts every data set
     second = load(source, normalization=normalization)
     assert second.info["prepared_cache_hit"] is True
     assert second.info["mean"] == first.info["mean"] and second.info["std"] == first.info["std"]

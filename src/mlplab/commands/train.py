@@ -17,7 +17,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", dest="config_file", default=S, metavar="FILE", help="options from a TOML or JSON file; flags given here win")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=S, help="cifar10 (default), digits, mnist, fashion-mnist")
+    data.add_argument("--dataset", default=S, help="the data set (default cifar10; an unknown name lists the known ones)")
     data.add_argument("--data-dir", "--data_dir", dest="data_dir", default=S, metavar="DIR", help="where the data set lies (default: $MLPLAB_DATA, else ./data)")
     data.add_argument("--validation-size", "--validation_size", dest="validation_size", type=int, default=S, metavar="N", help="training images held out for validation (default: the data set's own, 5000 for CIFAR-10)")
     data.add_argument("--split-seed", dest="split_seed", type=int, default=S, metavar="SEED", help="seed of the train/validation split (default 42)")

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
-import pickle
 import tarfile
 import tempfile
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,21 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from mlplab.data import cache
-from mlplab.data.core import (
-    CHUNK_ROWS,
-    Dataset,
-    DatasetSplits,
-    assemble,
-    channel_stats,
-    check_int,
-    check_seed,
-    permutation_split,
-    resolve_data_dir,
-    resolve_normalization,
-    warn,
-)
+from mlplab.data.core import DatasetSplits, warn
 from mlplab.data.download import DownloadError, download_file
-from mlplab.errors import ConfigError, DataError, MlplabError
+from mlplab.data.safe_pickle import unpickle_arrays
+from mlplab.data.source import DataSource, Decoded, load
+from mlplab.errors import DataError
 
 #: where the official archive is downloaded from; ``$MLPLAB_CIFAR10_URL`` overrides it
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -94,51 +81,39 @@ def load_cifar10(data_dir=None, validation_size: int = 5000, split_seed: int = 4
     the rest; both keep the original order. ``normalization``: 'published' (MEAN, STD) or
     'train' (statistics of the training split); ``normalize=False`` gives pixel / 255.
     """
-    started = time.perf_counter()
-    n_train_expected = len(TRAIN_BATCHES) * IMAGES_PER_BATCH
-    validation_size = check_int(validation_size, "validation_size", 0, n_train_expected - 1,
-                                f"CIFAR-10 has {n_train_expected:,} training images and at least one must stay for training")
-    split_seed = check_seed(split_seed)
-    mode = resolve_normalization(normalize, normalization)
+    return load(CIFAR10, data_dir, validation_size, split_seed, download, normalize, normalization, progress)
 
-    root = resolve_data_dir(data_dir)
+
+def _validation_room() -> tuple[int, str]:
+    n_train = len(TRAIN_BATCHES) * IMAGES_PER_BATCH  # read at call time: the tests shrink the batches
+    return n_train, f"CIFAR-10 has {n_train:,} training images and at least one must stay for training"
+
+
+def _find(root: Path, download: bool, progress: bool) -> tuple[Source, bool]:
+    """(the source, whether it was downloaded just now)."""
     source = locate(root)
-    downloaded = False
-    if source is None:
-        if not download:
-            raise DataError(f"CIFAR-10 not found in {os.path.abspath(root)} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}); "
-                            f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds one of them, "
-                            f"or allow downloading it (download=True)")
-        source = _download(root, progress)
-        downloaded = True
+    if source is not None:
+        return source, False
+    if not download:
+        raise DataError(f"CIFAR-10 not found in {os.path.abspath(root)} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}); "
+                        f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds one of them, "
+                        f"or allow downloading it (download=True)")
+    return _download(root, progress), True
 
-    splits = None
-    for attempt in range(2):
-        (entry, meta), hit, scratch = _cache_entry(source, rebuild=attempt > 0)
-        try:
-            splits = _assemble(entry, meta, validation_size, split_seed, mode, save=scratch is None)
-            break
-        except MlplabError:
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            if not hit or attempt:  # a fresh entry that cannot be read back: not a stale cache
-                raise DataError(f"cannot read the CIFAR-10 cache at {entry}: {exc}; "
-                                f"delete it or set MLPLAB_CACHE to another folder") from None
-            cache.discard(entry)  # a damaged cache entry: decode the source again
-        finally:
-            if scratch is not None:
-                cache.discard(scratch)
-    (train_x, train_y), (val_x, val_y), (test_x, test_y), (mean, std), prepared = splits
 
+def _decode(found: tuple[Source, bool], rebuild: bool) -> Decoded:
+    """The batches decoded into (or found in) the cache, as uint8 ``.npy`` files the template reads."""
+    source, downloaded = found
+    (entry, meta), hit, scratch = _cache_entry(source, rebuild=rebuild)
     official = _is_official(source.kind, meta)
+    warning = None
     if not official:
         what = "its MD5 differs from the published one" if source.kind == "archive" else \
             "its files' MD5s differ from the published ones"
-        warn(f"CIFAR-10 at {source.path} is not the official release ({what}); "
-             f"its structure is valid ({meta['num_train']:,} training and {meta['num_test']:,} test images, "
-             f"labels 0-9), so it is used as is")
+        warning = (f"CIFAR-10 at {source.path} is not the official release ({what}); "
+                   f"its structure is valid ({meta['num_train']:,} training and {meta['num_test']:,} test images, "
+                   f"labels 0-9), so it is used as is")
     info = {
-        "dataset": "cifar10",
         "source": os.path.abspath(source.path),
         "source_kind": source.kind,
         "size_bytes": meta["size_bytes"],
@@ -147,17 +122,12 @@ def load_cifar10(data_dir=None, validation_size: int = 5000, split_seed: int = 4
         "downloaded": downloaded,
         "cache": None if scratch is not None else str(entry),
         "cache_hit": hit,
-        "prepared_cache_hit": prepared,
-        "normalization": mode or "none",
-        "mean": [float(v) for v in mean] if mean is not None else None,
-        "std": [float(v) for v in std] if std is not None else None,
-        "validation_size": validation_size,
-        "split_seed": split_seed,
-        "load_seconds": round(time.perf_counter() - started, 3),
     }
-    return DatasetSplits(
-        train=Dataset(train_x, train_y), validation=Dataset(val_x, val_y), test=Dataset(test_x, test_y),
-        class_names=list(meta["class_names"]), name="cifar10", image_shape=IMAGE_SHAPE, info=info,
+    return Decoded(
+        train_x=entry / "train_x.npy", train_y=entry / "train_y.npy", test_x=entry / "test_x.npy",
+        test_y=entry / "test_y.npy", n_train=int(meta["num_train"]), n_test=int(meta["num_test"]),
+        class_names=list(meta["class_names"]), info=info, warning=warning, entry=entry, cache_hit=hit,
+        save_prepared=scratch is None, cleanup=None if scratch is None else lambda: cache.discard(scratch),
     )
 
 
@@ -399,47 +369,8 @@ def _read_folder(folder: Path, decoder: _Decoder) -> int:
 
 
 # -- one batch file ----------------------------------------------------------------------------
-def _numpy_multiarray():
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # NumPy 1.x
-        from numpy.core import multiarray
-    return multiarray
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """Resolves only the globals a pickled NumPy array needs; anything else is refused."""
-
-    _multiarray = _numpy_multiarray()
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-        ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-        ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): __import__("codecs").encode,
-    }
-
-    def find_class(self, module, name):
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def _unpickle(payload: bytes, where: str) -> dict:
-    try:
-        value = _BatchUnpickler(io.BytesIO(payload), encoding="bytes").load()
-    except Exception as exc:  # noqa: BLE001 - any failure to decode is a malformed file
-        raise DataError(f"{where} is not a readable CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{where} is not a CIFAR-10 batch (a {type(value).__name__}, not a dict)")
-    return {key.decode("latin1") if isinstance(key, bytes) else key: item for key, item in value.items()}
-
-
 def _parse_batch(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    batch = _unpickle(payload, where)
+    batch = unpickle_arrays(payload, where, "CIFAR-10 batch")
     data, labels = batch.get("data"), batch.get("labels")
     if data is None or labels is None:
         raise DataError(f"{where} is not a CIFAR-10 batch (no 'data' and 'labels')")
@@ -464,51 +395,14 @@ def _parse_batch(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _class_names(payload: bytes) -> list[str] | None:
     try:
-        names = _unpickle(payload, META_NAME).get("label_names")
+        names = unpickle_arrays(payload, META_NAME, "CIFAR-10 batch").get("label_names")
         names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
     except (DataError, TypeError, AttributeError, UnicodeDecodeError):
         return None
     return names if len(names) == 10 else None
 
 
-# -- cache -> float32 splits -------------------------------------------------------------------
-def _assemble(entry: Path, meta: dict, validation_size: int, split_seed: int, mode: str | None, save: bool = True):
-    """(train, validation, test) as (x, y) pairs, (mean, std), and whether x came from the prepared cache."""
-    n_train = int(meta["num_train"])
-    if validation_size >= n_train:
-        raise ConfigError(f"validation_size must be below the {n_train:,} training images, got {validation_size}")
-    train_idx, val_idx = permutation_split(n_train, validation_size, split_seed)
-    labels = np.load(entry / "train_y.npy")
-    test_y = np.load(entry / "test_y.npy")
-    if labels.shape != (n_train,) or test_y.shape != (int(meta["num_test"]),):
-        raise ValueError("label files do not match meta.json")
-    # The float32 splits saved by an earlier load of this variant, mapped (see cache.load_prepared).
-    variant = f"{mode or 'raw'}-val{validation_size}-seed{split_seed}"
-    shapes = {"train_x": (len(train_idx), FEATURES), "val_x": (len(val_idx), FEATURES), "test_x": (len(test_y), FEATURES)}
-    prepared = cache.load_prepared(entry, variant, shapes)
-    if prepared is not None:
-        arrays, saved = prepared
-        mean = None if saved.get("mean") is None else np.asarray(saved["mean"], np.float64)
-        std = None if saved.get("std") is None else np.asarray(saved["std"], np.float64)
-        return ((arrays["train_x"], labels[train_idx]), (arrays["val_x"], labels[val_idx]), (arrays["test_x"], test_y),
-                (mean, std), True)
-    with cache.NpyRows(entry / "train_x.npy", CHUNK_ROWS) as rows:
-        if rows.shape != (n_train, FEATURES):
-            raise ValueError(f"train_x.npy has shape {rows.shape}")
-        if mode == "train":
-            mean, std = channel_stats(rows, train_idx, 3, 255)
-        elif mode == "published":
-            mean, std = np.asarray(MEAN), np.asarray(STD)
-        else:
-            mean = std = None
-        train_x, val_x = assemble(rows, n_train, [train_idx, val_idx], 3, 255, mean, std)
-    with cache.NpyRows(entry / "test_x.npy", CHUNK_ROWS) as rows:
-        if rows.shape != (len(test_y), FEATURES):
-            raise ValueError(f"test_x.npy has shape {rows.shape}")
-        (test_x,) = assemble(rows, len(test_y), [np.arange(len(test_y))], 3, 255, mean, std)
-    if save:
-        cache.save_prepared(entry, variant, {"train_x": train_x, "val_x": val_x, "test_x": test_x}, {
-            "mean": None if mean is None else [float(v) for v in mean],
-            "std": None if std is None else [float(v) for v in std],
-        })
-    return (train_x, labels[train_idx]), (val_x, labels[val_idx]), (test_x, test_y), (mean, std), False
+CIFAR10 = DataSource(
+    name="cifar10", title="CIFAR-10", class_names=tuple(CLASS_NAMES), image_shape=IMAGE_SHAPE, pixel_max=255,
+    mean=MEAN, std=STD, default_validation_size=5000, validation_room=_validation_room, locate=_find, decode=_decode,
+)

@@ -14,22 +14,13 @@ statistics of all 1,797 images (fixed constants), 'train' those of the training 
 
 from __future__ import annotations
 
-import time
 import zipfile
 from importlib import resources
 
 import numpy as np
 
-from mlplab.data.core import (
-    Dataset,
-    DatasetSplits,
-    assemble,
-    channel_stats,
-    check_int,
-    check_seed,
-    resolve_normalization,
-    stratified_pick,
-)
+from mlplab.data.core import DatasetSplits, stratified_pick
+from mlplab.data.source import DataSource, Decoded, load
 from mlplab.errors import DataError
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -72,47 +63,31 @@ def load_digits(data_dir=None, validation_size: int | None = None, split_seed: i
     ``data_dir``, ``download`` and ``progress`` are accepted for a uniform interface and unused:
     the data ships with mlplab.
     """
-    del data_dir, download, progress
-    started = time.perf_counter()
-    if validation_size is None:
-        validation_size = DEFAULT_VALIDATION_SIZE
-    available = TOTAL - TEST_SIZE
-    validation_size = check_int(validation_size, "validation_size", 0, available - 1,
-                                f"digits keeps {TEST_SIZE} of its {TOTAL:,} images for testing")
-    split_seed = check_seed(split_seed)
-    mode = resolve_normalization(normalize, normalization)
-    pixels, labels = read_bundled()
-    labels = labels.astype(np.int64)
+    return load(DIGITS, data_dir, validation_size, split_seed, download, normalize, normalization, progress)
 
+
+def _decode(located, rebuild: bool) -> Decoded:
+    del located, rebuild  # shipped with mlplab: nothing to find, nothing cached
+    pixels, labels = read_bundled()
+    return Decoded(
+        train_x=pixels, train_y=labels.astype(np.int64), n_train=len(labels),
+        info={"source": "mlplab/data/digits.npz (UCI optdigits test set, as sklearn.datasets.load_digits)"},
+        info_tail={"test_seed": TEST_SEED},
+    )
+
+
+def _split(labels: np.ndarray, validation_size: int, split_seed: int):
+    """A fixed stratified test set, then a stratified validation set by ``split_seed`` from the rest."""
     everything = np.arange(len(labels))
     test_idx = stratified_pick(labels, everything, TEST_SIZE, np.random.default_rng(TEST_SEED))
     rest = np.setdiff1d(everything, test_idx)
     val_idx = stratified_pick(labels, rest, validation_size, np.random.default_rng(split_seed))
-    train_idx = np.setdiff1d(rest, val_idx)
+    return np.setdiff1d(rest, val_idx), val_idx, test_idx
 
-    def read_rows(start, stop):
-        return pixels[start:stop]
 
-    if mode == "train":
-        mean, std = channel_stats(read_rows, train_idx, 1, 16)
-    elif mode == "published":
-        mean, std = np.asarray(MEAN), np.asarray(STD)
-    else:
-        mean = std = None
-    train_x, val_x, test_x = assemble(read_rows, len(labels), [train_idx, val_idx, test_idx], 1, 16, mean, std)
-    info = {
-        "dataset": "digits",
-        "source": "mlplab/data/digits.npz (UCI optdigits test set, as sklearn.datasets.load_digits)",
-        "normalization": mode or "none",
-        "mean": [float(v) for v in mean] if mean is not None else None,
-        "std": [float(v) for v in std] if std is not None else None,
-        "validation_size": validation_size,
-        "split_seed": split_seed,
-        "test_seed": TEST_SEED,
-        "load_seconds": round(time.perf_counter() - started, 3),
-    }
-    return DatasetSplits(
-        train=Dataset(train_x, labels[train_idx]), validation=Dataset(val_x, labels[val_idx]),
-        test=Dataset(test_x, labels[test_idx]), class_names=list(CLASS_NAMES), name="digits",
-        image_shape=IMAGE_SHAPE, info=info,
-    )
+DIGITS = DataSource(
+    name="digits", title="digits", class_names=tuple(CLASS_NAMES), image_shape=IMAGE_SHAPE, pixel_max=16,
+    mean=MEAN, std=STD, default_validation_size=DEFAULT_VALIDATION_SIZE,
+    validation_room=lambda: (TOTAL - TEST_SIZE, f"digits keeps {TEST_SIZE} of its {TOTAL:,} images for testing"),
+    locate=lambda root, download, progress: None, decode=_decode, split=_split,
+)

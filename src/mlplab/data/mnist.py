@@ -9,28 +9,18 @@ The 60,000 training images are split 55,000 / 5,000 by ``split_seed`` as for CIF
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from mlplab.data.core import (
-    Dataset,
-    DatasetSplits,
-    assemble,
-    channel_stats,
-    check_int,
-    check_seed,
-    permutation_split,
-    resolve_data_dir,
-    resolve_normalization,
-    warn,
-)
+from mlplab.data.core import DatasetSplits
 from mlplab.data.download import DownloadError, download_file, md5_of
-from mlplab.errors import ConfigError, DataError
+from mlplab.data.source import DataSource, Decoded, load
+from mlplab.errors import DataError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -84,77 +74,69 @@ def load_mnist(data_dir=None, validation_size: int = 5000, split_seed: int = 42,
                normalize: bool = True, normalization: str | None = "published", progress: bool = True,
                *, flavour: str = "mnist") -> DatasetSplits:
     """MNIST (or ``flavour='fashion-mnist'``) as splits: x float32 (N, 784), y int64 (N,)."""
-    started = time.perf_counter()
-    spec = FLAVOURS[flavour]
-    if validation_size is None:
-        validation_size = 5000
-    validation_size = check_int(validation_size, "validation_size", 0, MAX_TRAIN - 1,
-                                f"{spec['title']} has {MAX_TRAIN:,} training images and at least one must stay for training")
-    split_seed = check_seed(split_seed)
-    mode = resolve_normalization(normalize, normalization)
-    root = resolve_data_dir(data_dir)
-
-    folder, paths = _locate(root, spec)
-    downloaded = False
-    if folder is None:
-        where = ", ".join(str(root / f) for f in spec["folders"])
-        if not download:
-            raise DataError(f"{spec['title']} not found in {where} or {root} (looked for {', '.join(FILES.values())}); "
-                            f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds them, "
-                            f"or allow downloading them (download=True)")
-        folder, paths = _download(root, spec, progress, where)
-        downloaded = True
-
-    train_x_u8 = _read_images(paths["train_images"])
-    train_y = _read_labels(paths["train_labels"], len(train_x_u8))
-    test_x_u8 = _read_images(paths["test_images"])
-    test_y = _read_labels(paths["test_labels"], len(test_x_u8))
-    if validation_size >= len(train_x_u8):
-        raise ConfigError(f"validation_size must be below the {len(train_x_u8):,} training images in {folder}, "
-                          f"got {validation_size}")
-    checksums = {name: md5_of(path) for name, path in paths.items()}
-    official = all(checksums[key] == spec["md5"][FILES[key]] for key in FILES)
-    if not official:
-        warn(f"{spec['title']} in {folder} is not the official release (file MD5s differ from the published ones); "
-             f"its structure is valid ({len(train_x_u8):,} training and {len(test_x_u8):,} test images, labels 0-9), "
-             f"so it is used as is")
-
-    train_idx, val_idx = permutation_split(len(train_x_u8), validation_size, split_seed)
-
-    def train_rows(start, stop):
-        return train_x_u8[start:stop]
-
-    if mode == "train":
-        mean, std = channel_stats(train_rows, train_idx, 1, 255)
-    elif mode == "published":
-        mean, std = np.asarray(spec["mean"]), np.asarray(spec["std"])
-    else:
-        mean = std = None
-    train_x, val_x = assemble(train_rows, len(train_x_u8), [train_idx, val_idx], 1, 255, mean, std)
-    (test_x,) = assemble(lambda a, b: test_x_u8[a:b], len(test_x_u8), [np.arange(len(test_x_u8))], 1, 255, mean, std)
-    info = {
-        "dataset": flavour,
-        "source": os.path.abspath(folder),
-        "md5": {FILES[key]: value for key, value in checksums.items()},
-        "official_checksum": official,
-        "downloaded": downloaded,
-        "normalization": mode or "none",
-        "mean": [float(v) for v in mean] if mean is not None else None,
-        "std": [float(v) for v in std] if std is not None else None,
-        "validation_size": validation_size,
-        "split_seed": split_seed,
-        "load_seconds": round(time.perf_counter() - started, 3),
-    }
-    return DatasetSplits(
-        train=Dataset(train_x, train_y[train_idx]), validation=Dataset(val_x, train_y[val_idx]),
-        test=Dataset(test_x, test_y), class_names=list(spec["class_names"]), name=flavour,
-        image_shape=IMAGE_SHAPE, info=info,
-    )
+    return load(SOURCES[flavour], data_dir, validation_size, split_seed, download, normalize, normalization, progress)
 
 
 def load_fashion_mnist(data_dir=None, **options) -> DatasetSplits:
     """Fashion-MNIST; the options of :func:`load_mnist`."""
     return load_mnist(data_dir, flavour="fashion-mnist", **options)
+
+
+def _find(flavour: str, root: Path, download: bool, progress: bool):
+    """(folder, {key: path}, spec, downloaded?) of the four IDX files, downloaded if allowed."""
+    spec = FLAVOURS[flavour]
+    folder, paths = _locate(root, spec)
+    if folder is not None:
+        return folder, paths, spec, False
+    where = ", ".join(str(root / f) for f in spec["folders"])
+    if not download:
+        raise DataError(f"{spec['title']} not found in {where} or {root} (looked for {', '.join(FILES.values())}); "
+                        f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds them, "
+                        f"or allow downloading them (download=True)")
+    folder, paths = _download(root, spec, progress, where)
+    return folder, paths, spec, True
+
+
+def _decode(found, rebuild: bool) -> Decoded:
+    """The IDX files read into memory (small enough not to need a cache), checksums compared."""
+    del rebuild  # nothing is cached
+    folder, paths, spec, downloaded = found
+    train_x = _read_images(paths["train_images"])
+    train_y = _read_labels(paths["train_labels"], len(train_x))
+    test_x = _read_images(paths["test_images"])
+    test_y = _read_labels(paths["test_labels"], len(test_x))
+    checksums = {name: md5_of(path) for name, path in paths.items()}
+    official = all(checksums[key] == spec["md5"][FILES[key]] for key in FILES)
+    warning = None if official else (
+        f"{spec['title']} in {folder} is not the official release (file MD5s differ from the published ones); "
+        f"its structure is valid ({len(train_x):,} training and {len(test_x):,} test images, labels 0-9), "
+        f"so it is used as is")
+    info = {
+        "source": os.path.abspath(folder),
+        "md5": {FILES[key]: value for key, value in checksums.items()},
+        "official_checksum": official,
+        "downloaded": downloaded,
+    }
+    return Decoded(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, n_train=len(train_x),
+                   n_test=len(test_x), info=info, warning=warning, where=f" in {folder}")
+
+
+def _source(flavour: str) -> DataSource:
+    spec = FLAVOURS[flavour]
+
+    def room() -> tuple[int, str]:
+        return MAX_TRAIN, f"{spec['title']} has {MAX_TRAIN:,} training images and at least one must stay for training"
+
+    return DataSource(
+        name=flavour, title=spec["title"], class_names=tuple(spec["class_names"]), image_shape=IMAGE_SHAPE,
+        pixel_max=255, mean=spec["mean"], std=spec["std"], default_validation_size=5000, validation_room=room,
+        locate=functools.partial(_find, flavour), decode=_decode,
+    )
+
+
+#: the two data sets this module reads, as registered in :mod:`mlplab.data.registry`
+SOURCES = {flavour: _source(flavour) for flavour in FLAVOURS}
+MNIST, FASHION_MNIST = SOURCES["mnist"], SOURCES["fashion-mnist"]
 
 
 def _locate(root: Path, spec: dict):

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from mlplab.data.cifar10 import CIFAR10
 from mlplab.data.core import DatasetSplits
+from mlplab.data.digits import DIGITS
+from mlplab.data.mnist import FASHION_MNIST, MNIST
+from mlplab.data.source import DataSource
 from mlplab.errors import ConfigError
 
-
-def _cifar10(data_dir=None, **options):
-    from mlplab.data.cifar10 import load_cifar10
-
-    return load_cifar10(data_dir, **options)
-
-
-def _digits(data_dir=None, **options):
-    from mlplab.data.digits import load_digits
-
-    return load_digits(data_dir, **options)
-
-
-def _mnist(data_dir=None, **options):
-    from mlplab.data.mnist import load_mnist
-
-    return load_mnist(data_dir, **options)
-
-
-def _fashion_mnist(data_dir=None, **options):
-    from mlplab.data.mnist import load_fashion_mnist
-
-    return load_fashion_mnist(data_dir, **options)
-
-
-#: name -> loader, in the order the CLI lists them
-DATASETS: dict[str, Callable[..., DatasetSplits]] = {
-    "cifar10": _cifar10,
-    "digits": _digits,
-    "mnist": _mnist,
-    "fashion-mnist": _fashion_mnist,
+#: name -> data set, in the order the CLI lists them: THE list of data sets (config validation,
+#: ``get_dataset`` and the error for an unknown name read it). A DataSource is called like a loader.
+DATASETS: dict[str, DataSource] = {
+    source.name: source for source in (CIFAR10, DIGITS, MNIST, FASHION_MNIST)
 }
 ALIASES = {"cifar-10": "cifar10", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 #: the options every loader accepts (None: the data set's default)
