@@ -44,8 +44,10 @@ def collect_rows(study, spec: dict, out: Path) -> list[dict]:
             continue
         attrs = trial.user_attrs
         run_dir = attrs.get("run_dir", "")
+        # A worker records its run folder under --out as it was given (relative when it was), so
+        # both sides are resolved before comparing; a folder on another machine stays as recorded.
         with contextlib.suppress(ValueError):
-            run_dir = str(Path(run_dir).relative_to(out.resolve())) if run_dir else ""
+            run_dir = str(Path(run_dir).resolve().relative_to(out.resolve())) if run_dir else ""
         row = {"trial": trial.number}
         for dimension in dimensions:
             row[dimension.flag] = trial.params.get(dimension.name)
