@@ -221,6 +221,20 @@ def test_a_diverging_trial_fails_without_stopping_the_sweep(tmp_path, capsys):
     assert len(load(out).get_trials()) == 2
 
 
+def test_a_relative_out_names_each_run_folder_once(tmp_path, monkeypatch, capsys):
+    """Trials record their run folder under --out as given; results.csv and the printed best run
+    folder are relative to the sweep's folder, not to the working directory (not rel/rel/trials)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", *BASE, "--grid", "lr=0.1", "--out", "rel"]) == 0
+    printed = capsys.readouterr().out
+    folders = list((tmp_path / "rel" / "trials").iterdir())
+    assert len(folders) == 1 and (folders[0] / "summary.json").exists()
+    assert [row["run_dir"] for row in read_rows(tmp_path / "rel" / "results.csv")] == [f"trials/{folders[0].name}"]
+    shown = [line.split("run folder: ", 1)[1] for line in printed.splitlines() if "run folder: " in line]
+    assert shown == [str(Path("rel") / "trials" / folders[0].name)]
+    assert (tmp_path / shown[0] / "summary.json").exists()
+
+
 # -- stopping and resuming --------------------------------------------------------------------
 def test_an_interrupted_trial_is_queued_again_and_only_it_reruns(tmp_path):
     out = tmp_path / "stop"
