@@ -13,9 +13,10 @@ import mlplab
 from mlplab.cli import main
 from mlplab.data import get_dataset
 from mlplab.errors import ConfigError
-from mlplab.gradflow import GRADIENT_COLUMNS, backward_with_input_grads, gradient_flow, linear_layers, plot_gradient_flow
+from mlplab.gradflow import GRADIENT_COLUMNS, backward_with_input_grads, gradient_flow, linear_layers
 from mlplab.models import MLP
 from mlplab.nn import SoftmaxCrossEntropy
+from mlplab.plots import plot_gradient_flow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # digits has 1,077 training rows: 8 steps of 128 per epoch.

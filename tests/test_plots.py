@@ -254,3 +254,26 @@ def test_importing_mlplab_plots_does_not_import_matplotlib():
     code = "import sys, mlplab, mlplab.plots, mlplab.report, mlplab.metrics; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_measuring_modules_do_not_load_the_plots_and_the_plots_do_not_load_torch():
+    # mlplab.plots draws what the measuring modules compute: it may import them, never the reverse,
+    # and the NumPy-vs-PyTorch figure reads run folders, so drawing it needs no torch.
+    code = (
+        "import sys, pkgutil, importlib, mlplab.gradflow, mlplab.metrics\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('mlplab.plots'))\n"
+        "import mlplab.plots\n"
+        "for info in pkgutil.iter_modules(mlplab.plots.__path__): importlib.import_module('mlplab.plots.' + info.name)\n"
+        "print(loaded, 'torch' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False False"
+
+
+def test_the_notebook_figure_class_is_one_class_under_both_names():
+    from mlplab import display
+    from mlplab.plots import base
+
+    fig = plots.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}])
+    assert type(fig) is base.InlineFigure is display.InlineFigure
+    assert fig._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")

@@ -277,12 +277,13 @@ def test_when_no_worker_process_can_be_had_the_figures_are_drawn_here(run_copy, 
     import concurrent.futures
 
     from mlplab import report
+    from mlplab.plots import jobs as figure_jobs
 
     class NoFork(concurrent.futures.ProcessPoolExecutor):
         def submit(self, *args, **kwargs):
             raise OSError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(report, "ProcessPoolExecutor", NoFork)
+    monkeypatch.setattr(figure_jobs, "ProcessPoolExecutor", NoFork)
     jobs = report.FigureJobs(parallel=True)
     monkeypatch.setattr(jobs, "workers", lambda: 2)
     jobs.add(_write_pid, run_copy / "a.pid")

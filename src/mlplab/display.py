@@ -8,12 +8,10 @@ make a bar, so the training loop can ask it which bar to show.
 
 from __future__ import annotations
 
-import functools
 import html
-import io
 import sys
 
-# and InlineFigure, made on first use (see __getattr__)
+# and InlineFigure (kept here for old code and pickles; it lives in mlplab.plots.base)
 __all__ = ["comparison_html", "comparison_text", "in_jupyter_kernel", "progress_bar_class", "train_result_html",
            "train_result_text"]
 
@@ -64,32 +62,13 @@ def progress_bar_class(*, kernel: bool | None = None, tty: bool | None = None):
 # figures
 # =============================================================================================
 def __getattr__(name):
-    # InlineFigure subclasses matplotlib's Figure, which is imported only when a figure is
-    # drawn; resolving it here also lets pickle find the class by its name.
+    # InlineFigure now lives with the other figure code (mlplab.plots.base); this name stays for
+    # code and pickles that found it here. matplotlib is imported only when it is asked for.
     if name == "InlineFigure":
-        return _inline_figure_class()
+        from mlplab.plots.base import InlineFigure
+
+        return InlineFigure
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _inline_figure_class():
-    from matplotlib.figure import Figure
-
-    class InlineFigure(Figure):
-        """A matplotlib Figure that a notebook shows as a PNG.
-
-        mlplab draws without pyplot (nothing global to register or close), and Jupyter's
-        inline backend only teaches IPython to display the figures of pyplot: a bare Figure
-        shows as ``<Figure size 1000x400 with 2 Axes>``. ``_repr_png_`` renders it instead."""
-
-        def _repr_png_(self) -> bytes:
-            buffer = io.BytesIO()
-            self.savefig(buffer, format="png")
-            return buffer.getvalue()
-
-    InlineFigure.__module__ = __name__
-    InlineFigure.__qualname__ = "InlineFigure"
-    return InlineFigure
 
 
 # =============================================================================================

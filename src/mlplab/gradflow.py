@@ -21,7 +21,6 @@ Frobenius norms over the whole batch, accumulated in float64.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -31,9 +30,8 @@ from mlplab.nn import Linear, Module, Residual, Sequential
 
 #: columns of ``gradients.csv``, one row per tracked step and Linear layer
 GRADIENT_COLUMNS = ("step", "epoch", "layer", "weight_grad_norm", "input_grad_norm", "update_ratio")
-#: the figure ``mlplab gradflow`` writes, and its size in inches
+#: the figure ``mlplab gradflow`` writes (drawn by :func:`mlplab.plots.plot_gradient_flow`)
 FIGURE_NAME = "gradflow.png"
-FIGURE_SIZE = (8.0, 4.5)
 
 
 class LayerGradients(NamedTuple):
@@ -209,35 +207,3 @@ def format_table(result: dict) -> str:
     ratios = "  ".join(f"{result[label]['first_over_last']:>12.3e}" for label in columns)
     lines.append(f"{'first/last':>10}  {ratios}")
     return "\n".join(lines)
-
-
-def plot_gradient_flow(result: dict, path=None):
-    """Input-gradient norm against the layer, plain and residual on one log-scale axis; the x axis
-    runs from the output layer (left) back to the first layer (right), the backward pass's order.
-    Lines are labelled ``'plain'`` and ``'residual'``. Saved at :data:`mlplab.plots.DPI` when given
-    a ``path``; returns the :class:`~matplotlib.figure.Figure` (built without pyplot)."""
-    from matplotlib.ticker import MaxNLocator
-
-    from mlplab.display import InlineFigure
-    from mlplab.plots import save_figure
-
-    fig = InlineFigure(figsize=FIGURE_SIZE)  # a Figure that also shows inline in a notebook
-    ax = fig.add_subplot()
-    layers = np.asarray(result["layers"])
-    for label, style in (("plain", "o-"), ("residual", "s-")):
-        if label in result:
-            ax.plot(layers, result[label]["input_grad_norms"], style, markersize=3, linewidth=1.4, label=label)
-    ax.set_yscale("log")
-    ax.set_xlim(layers.max() + 0.5, layers.min() - 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"Linear layer ({layers.max()} = output, 1 = first): the backward pass runs left to right")
-    ax.set_ylabel("‖dL/d(layer input)‖")
-    ax.set_title(f"Gradient at each layer at initialisation: {result['depth']} × {result['width']} "
-                 f"{result['activation']}, {result['dataset']}, batch {result['batch_size']}")
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.lines:
-        ax.legend()
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
-    if path is not None:
-        save_figure(fig, Path(path))
-    return fig

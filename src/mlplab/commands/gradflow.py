@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mlplab.errors import ConfigError
-    from mlplab.gradflow import FIGURE_NAME, format_table, gradient_flow, plot_gradient_flow
+    from mlplab.gradflow import FIGURE_NAME, format_table, gradient_flow
+    from mlplab.plots import plot_gradient_flow
 
     out = Path(args.out)
     path = out if out.suffix.lower() == ".png" else out / FIGURE_NAME
