@@ -49,14 +49,16 @@ class ParameterSpace:
         return views
 
     def get(self) -> np.ndarray:
-        return np.concatenate([module.params[key].reshape(-1) for _, module, key, _, _ in self.entries])
+        arrays = [module.params[key].reshape(-1) for _, module, key, _, _ in self.entries]
+        return np.concatenate(arrays) if arrays else np.zeros(0)
 
     def set(self, vector: np.ndarray) -> None:
         for _, module, key, offset, shape in self.entries:
             module.params[key][...] = vector[offset : offset + math.prod(shape)].reshape(shape)
 
     def gradient(self) -> np.ndarray:
-        return np.concatenate([module.grads[key].reshape(-1) for _, module, key, _, _ in self.entries])
+        arrays = [module.grads[key].reshape(-1) for _, module, key, _, _ in self.entries]
+        return np.concatenate(arrays) if arrays else np.zeros(0)
 
 
 def float64_model(model):
