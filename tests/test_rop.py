@@ -8,8 +8,20 @@ import mlplab.hessian  # noqa: F401  (imports every module class that may carry 
 from mlplab.hessian import ParameterSpace
 from mlplab.models import MLP
 from mlplab.nn import (
-    ELU, GELU, BatchNorm1d, Dropout, LeakyReLU, Linear, Module, ReLU, Residual, Sequential, Sigmoid,
-    Softmax, SoftmaxCrossEntropy, Tanh,
+    ELU,
+    GELU,
+    BatchNorm1d,
+    Dropout,
+    LeakyReLU,
+    Linear,
+    Module,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    SoftmaxCrossEntropy,
+    Tanh,
 )
 from mlplab.nn.base import RDirection
 

@@ -80,7 +80,11 @@ def check_options(*, seed: int, samples: int, top: int, bottom: int, trace_sampl
 def _load(run_dir: Path, split: str, data_dir):
     from mlplab.config import TrainConfig
     from mlplab.errors import CheckpointError, ConfigError
-    from mlplab.training.checkpoint import build_numpy_model, checkpoint_path, load_checkpoint
+    from mlplab.training.checkpoint import (
+        build_numpy_model,
+        checkpoint_path,
+        load_checkpoint,
+    )
     from mlplab.training.loop import load_data
     from mlplab.training.run import read_config
 
@@ -163,7 +167,7 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
     timing["seconds_per_product"] = operator.seconds / max(operator.products, 1)
     result = {
         "run_dir": str(run_dir), "checkpoint": "best.npz", "epoch": meta.get("epoch"), "dataset": data.name,
-        "split": split, "samples": int(len(y)), "seed": seed, "parameters": operator.dim, "objective": OBJECTIVE,
+        "split": split, "samples": len(y), "seed": seed, "parameters": operator.dim, "objective": OBJECTIVE,
         "method": operator.method, "loss": operator.loss, "gradient_norm": gradient_norm,
         "eigenvalues": _eigenvalue_record(lanczos), "trace": trace, "verdict": verdict, "density": density_result,
         "timing": timing, "mlplab_version": _version(),
@@ -273,10 +277,10 @@ def format_text(result: dict) -> str:
     eig = result["eigenvalues"]
     origin = f" (best epoch {result['epoch']})" if result.get("epoch") is not None else ""
     lines = [
-        f"{result['run_dir']}{origin}: Hessian of the mean cross-entropy on {result['samples']:,} "
-        f"{result['dataset']} {result['split']} samples, {result['parameters']:,} parameters",
-        f"loss {result['loss']:.6g}, gradient norm {result['gradient_norm']:.4g} "
-        f"(products by {result['method']}, float64)",
+        (f"{result['run_dir']}{origin}: Hessian of the mean cross-entropy on {result['samples']:,} "
+        f"{result['dataset']} {result['split']} samples, {result['parameters']:,} parameters"),
+        (f"loss {result['loss']:.6g}, gradient norm {result['gradient_norm']:.4g} "
+        f"(products by {result['method']}, float64)"),
         "",
         f"{'rank':>4}  {'largest':>12}  {'residual':>8}  {'smallest':>12}  {'residual':>8}",
     ]

@@ -10,15 +10,41 @@ eigenvalues, its trace, its spectral density and a verdict on the kind of critic
 - :mod:`~mlplab.hessian.plot`: :func:`plot_density`, the figure.
 """
 
-from mlplab.hessian.hvp import ModelHessian, ParameterSpace, float64_model, missing_exact_product
-from mlplab.hessian.lanczos import LANCZOS_TOLERANCE, LanczosResult, MatVec, lanczos_extremes
+from mlplab.hessian.hvp import (
+    ModelHessian,
+    ParameterSpace,
+    float64_model,
+    missing_exact_product,
+)
+from mlplab.hessian.lanczos import (
+    LANCZOS_TOLERANCE,
+    LanczosResult,
+    MatVec,
+    lanczos_extremes,
+)
 from mlplab.hessian.plot import plot_density
-from mlplab.hessian.spectrum import SpectralDensity, TraceEstimate, hutchinson_trace, spectral_density
+from mlplab.hessian.spectrum import (
+    SpectralDensity,
+    TraceEstimate,
+    hutchinson_trace,
+    spectral_density,
+)
 from mlplab.hessian.verdict import VERDICT_TOLERANCE, classify
 
 __all__ = [
-    "ModelHessian", "ParameterSpace", "float64_model", "missing_exact_product",
-    "LANCZOS_TOLERANCE", "LanczosResult", "MatVec", "lanczos_extremes",
-    "SpectralDensity", "TraceEstimate", "hutchinson_trace", "spectral_density",
-    "VERDICT_TOLERANCE", "classify", "plot_density",
+    "LANCZOS_TOLERANCE",
+    "VERDICT_TOLERANCE",
+    "LanczosResult",
+    "MatVec",
+    "ModelHessian",
+    "ParameterSpace",
+    "SpectralDensity",
+    "TraceEstimate",
+    "classify",
+    "float64_model",
+    "hutchinson_trace",
+    "lanczos_extremes",
+    "missing_exact_product",
+    "plot_density",
+    "spectral_density",
 ]
