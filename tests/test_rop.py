@@ -133,3 +133,15 @@ def test_modules_without_a_rule_say_so():
     assert Softmax().r_missing() == "Softmax"
     with pytest.raises(NotImplementedError, match="Softmax has no R-operator rule"):
         Softmax().r_state(np.zeros((2, 3)))
+
+
+def test_a_container_without_its_own_walk_is_refused_by_name():
+    class Pair(Module):
+        def __init__(self):
+            super().__init__()
+            self.add_module("first", Tanh())
+
+    with pytest.raises(TypeError, match="container Pair"):
+        Pair().record_backward(np.zeros((2, 2)), {})
+    with pytest.raises(TypeError, match="container Pair"):
+        Pair().record_forward(np.zeros((2, 2)), {})
