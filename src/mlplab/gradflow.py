@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mlplab.errors import ConfigError
-from mlplab.nn import Linear, Module, Residual, Sequential
+from mlplab.nn import Linear, Module
 
 #: columns of ``gradients.csv``, one row per tracked step and Linear layer
 GRADIENT_COLUMNS = ("step", "epoch", "layer", "weight_grad_norm", "input_grad_norm", "update_ratio")
@@ -56,46 +56,30 @@ def linear_layers(model: Module) -> list[tuple[str, Linear]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, Linear)]
 
 
-def _backward(module: Module, dout: np.ndarray, name: str, grads: dict) -> tuple[np.ndarray, list[str]]:
-    """dL/d(input of ``module``) and the Linears reading that same input tensor (still unresolved).
+def _outermost_readers(model: Module) -> dict[int, Module]:
+    """For every module, the outermost module reading the same input tensor (itself if none).
 
     The gradient of a tensor is complete only where the tensor enters the outermost module that
-    reads it: a Sequential passes the output of child i−1 to child i alone, so the gradient that
-    child i returns is final for the Linears that read it; a Residual adds the identity path to
-    its block's gradient, so the Linears at the start of the block get the sum.
+    reads it: a Sequential hands its input to its first child alone, a Residual to its block
+    (and adds the identity path to the block's gradient), so the Linears at the start of a block
+    get the gradient the enclosing module returns.
     """
-    if isinstance(module, Linear):
-        return module.backward(dout), [name]
-    if isinstance(module, Sequential):
-        children = list(module._children.items())
-        pending: list[str] = []
-        for index in range(len(children) - 1, -1, -1):
-            key, child = children[index]
-            dout, pending = _backward(child, dout, f"{name}.{key}" if name else key, grads)
-            if index > 0:
-                for linear in pending:
-                    grads[linear] = dout
-                pending = []
-        return dout, pending
-    if isinstance(module, Residual):
-        dblock, pending = _backward(module.block, dout, f"{name}.block" if name else "block", grads)
-        return dout + dblock, pending
-    if module._children:
-        raise TypeError(f"input gradients per layer: no rule for the container {type(module).__name__}")
-    return module.backward(dout), []
+    owner: dict[int, Module] = {}
+    for _, module in model.named_modules():  # parents come before their children
+        root = owner.setdefault(id(module), module)
+        for child in module.input_readers():
+            owner[id(child)] = root
+    return owner
 
 
 def backward_with_input_grads(model: Module, dlogits: np.ndarray) -> dict[str, np.ndarray]:
     """Backward through ``model`` (an MLP or any Sequential/Residual tree) from dlogits:
     (batch, classes), filling every ``grads`` exactly as ``model.backward`` does, and return
     {Linear name: dL/d(its input)} including the first layer's gradient of the data."""
-    grads: dict[str, np.ndarray] = {}
-    root = getattr(model, "layers", model)
-    prefix = "layers" if root is not model else ""
-    dx, pending = _backward(root, dlogits, prefix, grads)
-    for linear in pending:
-        grads[linear] = dx
-    return grads
+    tape: dict = {}
+    model.record_backward(dlogits, tape)
+    owner = _outermost_readers(model)
+    return {name: tape[id(owner[id(linear)])]["dx"] for name, linear in linear_layers(model)}
 
 
 def layer_statistics(linears, weights_before: list[np.ndarray], input_grads: dict) -> list[LayerGradients]:

@@ -135,3 +135,24 @@ class MLP(Module):
 
     def extra_repr(self) -> str:
         return f"{self.n_inputs} -> {self.n_hidden} -> {self.n_classes}, activation={self.activation!r}"
+
+    # -- the walks with a tape (docs/hessian.md, "Hessian–vector products: the R-operator") ----
+    def input_readers(self) -> tuple[Module, ...]:
+        return (self.layers,)
+
+    def r_missing(self) -> str | None:
+        return None
+
+    def record_forward(self, x, tape):
+        return self.layers.record_forward(x, tape)
+
+    def record_backward(self, dout, tape, need_input_grad=True):
+        dx = self.layers.record_backward(dout, tape, need_input_grad)
+        tape.setdefault(id(self), {})["dx"] = dx
+        return dx
+
+    def r_forward(self, rx, tape, r):
+        return self.layers.r_forward(rx, tape, r)
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        return self.layers.r_backward(rdout, tape, r, need_input_grad)

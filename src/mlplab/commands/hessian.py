@@ -80,7 +80,11 @@ def check_options(*, seed: int, samples: int, top: int, bottom: int, trace_sampl
 def _load(run_dir: Path, split: str, data_dir):
     from mlplab.config import TrainConfig
     from mlplab.errors import CheckpointError, ConfigError
-    from mlplab.training.checkpoint import build_numpy_model, checkpoint_path, load_checkpoint
+    from mlplab.training.checkpoint import (
+        build_numpy_model,
+        checkpoint_path,
+        load_checkpoint,
+    )
     from mlplab.training.loop import load_data
     from mlplab.training.run import read_config
 
@@ -133,10 +137,7 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
     phase as it ends."""
     import numpy as np
 
-    from mlplab import __version__
     from mlplab import hessian as hs
-    from mlplab.errors import CheckpointError, StorageError
-    from mlplab.training.checkpoint import write_json_atomic
 
     tol = VERDICT_TOLERANCE if tol is None else tol
     lanczos_tol = LANCZOS_TOLERANCE if lanczos_tol is None else lanczos_tol
@@ -148,92 +149,127 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
     began = time.perf_counter()
     model, meta, data, dataset = _load(run_dir, split, data_dir)
     seeds = np.random.SeedSequence(seed).spawn(4)
-    order = np.random.default_rng(seeds[0]).permutation(len(dataset))[:samples]
-    x = dataset.x[order].astype(np.float64)
-    y = dataset.y[order]
+    x, y = _subset(dataset, samples, seeds[0])
     operator = hs.ModelHessian(model, x, y, batch_size=batch_size)
     timing = {"load_seconds": time.perf_counter() - began}
     gradient_norm = float(np.linalg.norm(operator.gradient))
     say(f"{len(y):,} {split} samples, {operator.dim:,} parameters: loss {operator.loss:.4f}, "
         f"gradient norm {gradient_norm:.4g} ({timing['load_seconds']:.1f} s)")
+    lanczos = _eigenvalues(operator, top, bottom, lanczos_tol, max_products, seeds[1], timing, say)
+    trace = _trace(operator, trace_samples, seeds[2], timing, say) if trace_samples else None
+    density_result = None
+    if density:
+        title = f"Hessian spectral density: {run_dir.name}, {len(y):,} {split} samples"
+        density_result = _density(operator, run_dir, density_vectors, density_steps, seeds[3], title, timing, say)
+    verdict = _verdict(lanczos, tol)
+    timing["total_seconds"] = time.perf_counter() - began
+    timing["products"] = operator.products
+    timing["seconds_per_product"] = operator.seconds / max(operator.products, 1)
+    result = {
+        "run_dir": str(run_dir), "checkpoint": "best.npz", "epoch": meta.get("epoch"), "dataset": data.name,
+        "split": split, "samples": len(y), "seed": seed, "parameters": operator.dim, "objective": OBJECTIVE,
+        "method": operator.method, "loss": operator.loss, "gradient_norm": gradient_norm,
+        "eigenvalues": _eigenvalue_record(lanczos), "trace": trace, "verdict": verdict, "density": density_result,
+        "timing": timing, "mlplab_version": _version(),
+    }
+    _write_result(run_dir, result)
+    return result
+
+
+# -- the steps of analyse_run -----------------------------------------------------------------
+def _version() -> str:
+    from mlplab import __version__
+
+    return __version__
+
+
+def _subset(dataset, samples: int, seed):
+    """The first ``samples`` of a seeded permutation of the split, in float64."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(dataset))[:samples]
+    return dataset.x[order].astype(np.float64), dataset.y[order]
+
+
+def _eigenvalues(operator, top, bottom, lanczos_tol, max_products, seed, timing: dict, say):
+    from mlplab import hessian as hs
 
     phase = time.perf_counter()
     lanczos = hs.lanczos_extremes(operator, operator.dim, top=top, bottom=bottom, tol=lanczos_tol,
-                                  max_products=max_products, seed=seeds[1])
+                                  max_products=max_products, seed=seed)
     timing["eigenvalue_seconds"] = time.perf_counter() - phase
     say(f"Lanczos: {lanczos.products} products, {lanczos.restarts} restarts, "
         f"{'converged' if lanczos.converged else 'NOT converged'} ({timing['eigenvalue_seconds']:.1f} s)")
+    return lanczos
 
-    trace = None
-    if trace_samples:
-        phase = time.perf_counter()
-        estimate = hs.hutchinson_trace(operator, operator.dim, trace_samples, seed=seeds[2])
-        timing["trace_seconds"] = time.perf_counter() - phase
-        trace = {"estimate": estimate.estimate, "standard_error": estimate.standard_error, "samples": estimate.samples,
-                 "estimator": "Hutchinson, Rademacher probes"}
-        say(f"trace: {estimate.estimate:.6g} ({timing['trace_seconds']:.1f} s)")
 
-    density_result = None
-    if density:
-        phase = time.perf_counter()
-        sld = hs.spectral_density(operator, operator.dim, vectors=density_vectors, steps=density_steps, seed=seeds[3])
-        png = run_dir / DENSITY_NAME
-        try:
-            hs.plot_density(sld, png, title=f"Hessian spectral density: {run_dir.name}, {len(y):,} {split} samples")
-        except StorageError:  # already one line naming the file and the cause
-            raise
-        except OSError as exc:
-            raise CheckpointError(f"cannot write {str(png)!r}: {exc}") from None
-        timing["density_seconds"] = time.perf_counter() - phase
-        density_result = {"png": DENSITY_NAME, "vectors": density_vectors, "steps": int(sld.nodes.shape[1]),
-                          "nodes": sld.nodes.tolist(), "weights": sld.weights.tolist()}
-        say(f"density: wrote {png} ({timing['density_seconds']:.1f} s)")
+def _eigenvalue_record(lanczos) -> dict:
+    return {
+        "top": lanczos.top.tolist(),
+        "bottom": lanczos.bottom.tolist(),
+        "top_residuals": lanczos.top_residuals.tolist(),
+        "bottom_residuals": lanczos.bottom_residuals.tolist(),
+        "algorithm": "thick-restart Lanczos with full reorthogonalisation",
+        "converged": lanczos.converged,
+        "products": lanczos.products,
+        "restarts": lanczos.restarts,
+        "basis_size": lanczos.basis_size,
+        "tolerance": lanczos.tolerance,
+    }
+
+
+def _trace(operator, samples: int, seed, timing: dict, say) -> dict:
+    from mlplab import hessian as hs
+
+    phase = time.perf_counter()
+    estimate = hs.hutchinson_trace(operator, operator.dim, samples, seed=seed)
+    timing["trace_seconds"] = time.perf_counter() - phase
+    say(f"trace: {estimate.estimate:.6g} ({timing['trace_seconds']:.1f} s)")
+    return {"estimate": estimate.estimate, "standard_error": estimate.standard_error, "samples": estimate.samples,
+            "estimator": "Hutchinson, Rademacher probes"}
+
+
+def _density(operator, run_dir: Path, vectors: int, steps: int, seed, title: str, timing: dict, say) -> dict:
+    from mlplab import hessian as hs
+    from mlplab.errors import CheckpointError, StorageError
+
+    phase = time.perf_counter()
+    sld = hs.spectral_density(operator, operator.dim, vectors=vectors, steps=steps, seed=seed)
+    png = run_dir / DENSITY_NAME
+    try:
+        hs.plot_density(sld, png, title=title)
+    except StorageError:  # already one line naming the file and the cause
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {str(png)!r}: {exc}") from None
+    timing["density_seconds"] = time.perf_counter() - phase
+    say(f"density: wrote {png} ({timing['density_seconds']:.1f} s)")
+    return {"png": DENSITY_NAME, "vectors": vectors, "steps": int(sld.nodes.shape[1]),
+            "nodes": sld.nodes.tolist(), "weights": sld.weights.tolist()}
+
+
+def _verdict(lanczos, tol: float) -> dict:
+    import numpy as np
+
+    from mlplab import hessian as hs
 
     verdict = hs.classify(np.concatenate([lanczos.top, lanczos.bottom]), tol)
     verdict["converged"] = lanczos.converged
     if not lanczos.converged and verdict["verdict"] == "minimum":
         verdict["reason"] += "; Lanczos did not converge, so a negative eigenvalue may have been missed (raise --max-products)"
-    timing["total_seconds"] = time.perf_counter() - began
-    timing["products"] = operator.products
-    timing["seconds_per_product"] = operator.seconds / max(operator.products, 1)
-    result = {
-        "run_dir": str(run_dir),
-        "checkpoint": "best.npz",
-        "epoch": meta.get("epoch"),
-        "dataset": data.name,
-        "split": split,
-        "samples": int(len(y)),
-        "seed": seed,
-        "parameters": operator.dim,
-        "objective": OBJECTIVE,
-        "method": operator.method,
-        "loss": operator.loss,
-        "gradient_norm": gradient_norm,
-        "eigenvalues": {
-            "top": lanczos.top.tolist(),
-            "bottom": lanczos.bottom.tolist(),
-            "top_residuals": lanczos.top_residuals.tolist(),
-            "bottom_residuals": lanczos.bottom_residuals.tolist(),
-            "algorithm": "thick-restart Lanczos with full reorthogonalisation",
-            "converged": lanczos.converged,
-            "products": lanczos.products,
-            "restarts": lanczos.restarts,
-            "basis_size": lanczos.basis_size,
-            "tolerance": lanczos.tolerance,
-        },
-        "trace": trace,
-        "verdict": verdict,
-        "density": density_result,
-        "timing": timing,
-        "mlplab_version": __version__,
-    }
+    return verdict
+
+
+def _write_result(run_dir: Path, result: dict) -> None:
+    from mlplab.errors import CheckpointError, StorageError
+    from mlplab.training.checkpoint import write_json_atomic
+
     try:
         write_json_atomic(run_dir / JSON_NAME, result)
     except StorageError:
         raise
     except OSError as exc:
         raise CheckpointError(f"cannot write {str(run_dir / JSON_NAME)!r}: {exc}") from None
-    return result
 
 
 def format_text(result: dict) -> str:
@@ -241,10 +277,10 @@ def format_text(result: dict) -> str:
     eig = result["eigenvalues"]
     origin = f" (best epoch {result['epoch']})" if result.get("epoch") is not None else ""
     lines = [
-        f"{result['run_dir']}{origin}: Hessian of the mean cross-entropy on {result['samples']:,} "
-        f"{result['dataset']} {result['split']} samples, {result['parameters']:,} parameters",
-        f"loss {result['loss']:.6g}, gradient norm {result['gradient_norm']:.4g} "
-        f"(products by {result['method']}, float64)",
+        (f"{result['run_dir']}{origin}: Hessian of the mean cross-entropy on {result['samples']:,} "
+        f"{result['dataset']} {result['split']} samples, {result['parameters']:,} parameters"),
+        (f"loss {result['loss']:.6g}, gradient norm {result['gradient_norm']:.4g} "
+        f"(products by {result['method']}, float64)"),
         "",
         f"{'rank':>4}  {'largest':>12}  {'residual':>8}  {'smallest':>12}  {'residual':>8}",
     ]

@@ -62,6 +62,31 @@ class _Elementwise(Module):
         check_dout(self, dout, dydx.shape)
         return dout * dydx
 
+    # -- the R-operator: docs/hessian.md, "Hessian–vector products: the R-operator" ----------
+    def derivatives(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """h'(x) and h''(x) (h'' None where it is zero almost everywhere)."""
+        raise NotImplementedError(f"{type(self).__name__} has no second derivative")
+
+    def r_missing(self) -> str | None:
+        return None
+
+    def r_state(self, x: np.ndarray) -> dict:
+        d1, d2 = self.derivatives(x)
+        return {"d1": d1, "d2": d2}
+
+    def r_forward(self, rx, tape, r):
+        """R{y} = h'(x) ⊙ R{x}."""
+        r.rx[id(self)] = rx
+        return None if rx is None else tape[id(self)]["d1"] * rx
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        """dx = dout ⊙ h'(x)  ⇒  R{dx} = R{dout} ⊙ h'(x) + dout ⊙ h''(x) ⊙ R{x}."""
+        entry, rx = tape[id(self)], r.rx[id(self)]
+        rdx = rdout * entry["d1"]
+        if rx is not None and entry["d2"] is not None:
+            rdx += entry["dout"] * entry["d2"] * rx
+        return rdx
+
 
 class ELU(_Elementwise):
     """ELU: h(x) = x for x > 0, alpha (eᕽ − 1) otherwise; h'(x) = 1 or alpha eᕽ = h(x) + alpha.
@@ -102,6 +127,13 @@ class ELU(_Elementwise):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
+    def derivatives(self, x):
+        """h' = 1 and h'' = 0 for x > 0; h' = h'' = αeˣ otherwise (h'' jumps at 0: the
+        one-sided value the forward pass uses is taken)."""
+        positive = x > 0
+        scaled_exp = self.alpha * np.exp(np.minimum(x, 0))
+        return np.where(positive, 1.0, scaled_exp), np.where(positive, 0.0, scaled_exp)
+
 
 class ReLU(_Elementwise):
     """ReLU: h(x) = max(x, 0); h'(x) = 1 for x > 0, else 0."""
@@ -110,6 +142,10 @@ class ReLU(_Elementwise):
         _check_input(self, x)
         self.cache["dydx"] = (x > 0).astype(x.dtype)
         return np.maximum(x, 0)
+
+    def derivatives(self, x):
+        """h' = 1 for x > 0, else 0; h'' = 0 away from the kink."""
+        return (x > 0).astype(x.dtype), None
 
 
 class LeakyReLU(_Elementwise):
@@ -128,6 +164,10 @@ class LeakyReLU(_Elementwise):
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
 
+    def derivatives(self, x):
+        """h' = 1 for x > 0, else negative_slope; h'' = 0 away from the kink."""
+        return np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype), None
+
 
 class Tanh(_Elementwise):
     """Tanh: h'(x) = 1 − tanh²(x)."""
@@ -137,6 +177,12 @@ class Tanh(_Elementwise):
         out = np.tanh(x)
         self.cache["dydx"] = 1 - out * out
         return out
+
+    def derivatives(self, x):
+        """h' = 1 − tanh²x, h'' = −2 tanh(x) h'."""
+        t = np.tanh(x)
+        d1 = 1 - t * t
+        return d1, -2 * t * d1
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -153,6 +199,12 @@ class Sigmoid(_Elementwise):
         out = _sigmoid(x).astype(x.dtype, copy=False)
         self.cache["dydx"] = out * (1 - out)
         return out
+
+    def derivatives(self, x):
+        """h' = σ(1 − σ), h'' = h'(1 − 2σ)."""
+        s = _sigmoid(x)
+        d1 = s * (1 - s)
+        return d1, d1 * (1 - 2 * s)
 
 
 class GELU(_Elementwise):
@@ -188,6 +240,20 @@ class GELU(_Elementwise):
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
+
+    def derivatives(self, x):
+        """tanh form, u = c(x + kx³): h'' = sech²u · [u' + ½x(u'' − 2 tanh(u) u'²)], u'' = 6ckx;
+        exact form: h' = Φ + xφ, h'' = φ(x)(2 − x²)."""
+        if self.approximate == "tanh":
+            c, k = self._C, self._K
+            t = np.tanh(c * (x + k * x**3))
+            du = c * (1 + 3 * k * x * x)
+            sech2 = 1 - t * t
+            d1 = 0.5 * (1 + t) + 0.5 * x * sech2 * du
+            return d1, sech2 * (du + 0.5 * x * (6 * c * k * x - 2 * t * du * du))
+        pdf = np.exp(-0.5 * np.minimum(x * x, 1e4)) / np.sqrt(2 * np.pi)
+        cdf = 0.5 * (1 + erf(x / np.sqrt(2.0)))
+        return cdf + x * pdf, pdf * (2 - x * x)
 
 
 class Softmax(Module):

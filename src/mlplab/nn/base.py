@@ -131,6 +131,59 @@ class Module:
         lines.append(")")
         return "".join(lines)
 
+    # -- one walk with a tape, and the R-operator (docs/hessian.md) ------------------------
+    # A leaf module overrides r_missing/r_state/r_forward/r_backward with its own rules, beside
+    # its backward; a container overrides the record_*/r_* walks to visit its children. The
+    # tape (a dict keyed by id(module)) keeps each module's entry across the passes, so one
+    # forward and backward serve every later Hessian-vector product, and the gradient tracking.
+    def record_forward(self, x: np.ndarray, tape: dict) -> np.ndarray:
+        """``forward(x)``, keeping in ``tape[id(self)]`` what the R passes need (``r_state``)."""
+        if self._children:
+            raise TypeError(f"no recorded forward for the container {type(self).__name__}")
+        out = self.forward(x)
+        tape[id(self)] = self.r_state(x)
+        return out
+
+    def record_backward(self, dout: np.ndarray, tape: dict, need_input_grad: bool = True) -> np.ndarray | None:
+        """``backward(dout)``, keeping dout and the returned dx in ``tape[id(self)]``."""
+        if self._children:
+            raise TypeError(f"no recorded backward for the container {type(self).__name__}")
+        dx = self.backward(dout)
+        tape.setdefault(id(self), {}).update(dout=dout, dx=dx)
+        return dx
+
+    def input_readers(self) -> tuple[Module, ...]:
+        """The children that read this module's own input tensor (none for a leaf)."""
+        return ()
+
+    def r_missing(self) -> str | None:
+        """None if this module has an exact R-operator rule in its current mode, else why not."""
+        return type(self).__name__
+
+    def r_state(self, x: np.ndarray) -> dict:
+        """What r_forward and r_backward need from the plain forward pass on ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} has no R-operator rule")
+
+    def r_forward(self, rx: np.ndarray | None, tape: dict, r: RDirection) -> np.ndarray | None:
+        """R{y} from R{x} (None stands for zero, as for the data)."""
+        raise NotImplementedError(f"{type(self).__name__} has no R-operator rule")
+
+    def r_backward(self, rdout: np.ndarray, tape: dict, r: RDirection,
+                   need_input_grad: bool = True) -> np.ndarray | None:
+        """R{dx} from R{dout}; adds R{dθ} of each parameter into ``r.hv[id(self)]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no R-operator rule")
+
+
+class RDirection:
+    """One Hessian-vector product in progress (docs/hessian.md, "Hessian–vector products: the
+    R-operator"): the direction ``v`` and the result ``hv`` as ``{id(module): {key: array}}``,
+    and R{x} of each module, which its r_forward keeps in ``rx`` for its r_backward."""
+
+    def __init__(self, v: dict[int, dict[str, np.ndarray]], hv: dict[int, dict[str, np.ndarray]]):
+        self.v = v
+        self.hv = hv
+        self.rx: dict[int, np.ndarray | None] = {}
+
 
 def check_2d(module: Module, x: np.ndarray, features: int | None = None, what: str = "input") -> None:
     """Raise a ValueError naming ``module`` unless ``x`` is (batch, features) with batch >= 1."""

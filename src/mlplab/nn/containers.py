@@ -46,6 +46,36 @@ class Sequential(Module):
             dout = _backward(modules[0], dout, need_input_grad)
         return dout
 
+    # -- the walks with a tape (docs/hessian.md, "Hessian–vector products: the R-operator") ----
+    def input_readers(self) -> tuple[Module, ...]:
+        return tuple(self._children.values())[:1]
+
+    def r_missing(self) -> str | None:
+        return None
+
+    def record_forward(self, x, tape):
+        for module in self._children.values():
+            x = module.record_forward(x, tape)
+        return x
+
+    def record_backward(self, dout, tape, need_input_grad=True):
+        modules = list(self._children.values())
+        for index in range(len(modules) - 1, -1, -1):
+            dout = modules[index].record_backward(dout, tape, need_input_grad or index > 0)
+        tape.setdefault(id(self), {})["dx"] = dout
+        return dout
+
+    def r_forward(self, rx, tape, r):
+        for module in self._children.values():
+            rx = module.r_forward(rx, tape, r)
+        return rx
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        modules = list(self._children.values())
+        for index in range(len(modules) - 1, -1, -1):
+            rdout = modules[index].r_backward(rdout, tape, r, need_input_grad or index > 0)
+        return rdout
+
 
 def _linear_widths(block: Module) -> tuple[int | None, int | None]:
     linears = [m for _, m in block.named_modules() if isinstance(m, Linear)]
@@ -91,3 +121,27 @@ class Residual(Module):
         shape = require_cache(self, "shape")
         check_dout(self, dout, shape)
         return dout + self.block.backward(dout)
+
+    # -- the walks with a tape: docs/backprop.md, "Residual connections" ---------------------
+    def input_readers(self) -> tuple[Module, ...]:
+        return (self.block,)
+
+    def r_missing(self) -> str | None:
+        return None
+
+    def record_forward(self, x, tape):
+        return x + self.block.record_forward(x, tape)
+
+    def record_backward(self, dout, tape, need_input_grad=True):
+        dx = dout + self.block.record_backward(dout, tape)
+        tape.setdefault(id(self), {})["dx"] = dx
+        return dx
+
+    def r_forward(self, rx, tape, r):
+        """R{y} = R{x} + R{block(x)}."""
+        rblock = self.block.r_forward(rx, tape, r)
+        return rblock if rx is None else rblock + rx
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        """R{dx} = R{dout} + R{dx through the block}."""
+        return rdout + self.block.r_backward(rdout, tape, r)

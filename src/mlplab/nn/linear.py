@@ -83,3 +83,36 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, input_layer={self.input_layer}"
+
+    # -- the R-operator: docs/hessian.md, "Hessian–vector products: the R-operator" ----------
+    def r_missing(self) -> str | None:
+        return None
+
+    def r_state(self, x: np.ndarray) -> dict:
+        return {"x": x}
+
+    def record_backward(self, dout: np.ndarray, tape: dict, need_input_grad: bool = True) -> np.ndarray | None:
+        dx = self.backward(dout, need_input_grad=need_input_grad)
+        tape.setdefault(id(self), {}).update(dout=dout, dx=dx)
+        return dx
+
+    def r_forward(self, rx, tape, r):
+        """R{y} = R{x} Wᵀ + x Vᵀ + v_b."""
+        r.rx[id(self)] = rx
+        v = r.v[id(self)]
+        ry = tape[id(self)]["x"] @ v["weight"].T
+        ry += v["bias"]
+        if rx is not None:
+            ry += rx @ self.params["weight"].T
+        return ry
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        """R{dW} = R{dout}ᵀ x + doutᵀ R{x};  R{db} = 1ᵀ R{dout};  R{dx} = R{dout} W + dout V."""
+        entry, rx, hv = tape[id(self)], r.rx[id(self)], r.hv[id(self)]
+        hv["weight"] += rdout.T @ entry["x"]
+        if rx is not None:
+            hv["weight"] += entry["dout"].T @ rx
+        hv["bias"] += rdout.sum(axis=0)
+        if not need_input_grad:
+            return None
+        return rdout @ self.params["weight"] + entry["dout"] @ r.v[id(self)]["weight"]

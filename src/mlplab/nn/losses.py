@@ -153,3 +153,12 @@ class SoftmaxCrossEntropy(Module):
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+
+    # -- the R-operator: docs/hessian.md, "Hessian–vector products: the R-operator" ----------
+    @staticmethod
+    def r_gradient(probs: np.ndarray, rlogits: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """R{dL/dz} for dL/dz = (p − t)/S: the targets drop out, and per row R{p} = (diag p − p pᵀ) R{z},
+        so R{dz} = (p ⊙ R{z} − p (pᵀR{z})) / S. ``batch``: S (default: the rows of ``probs``)."""
+        out = probs * (rlogits - np.sum(probs * rlogits, axis=1, keepdims=True))
+        out /= probs.shape[0] if batch is None else batch
+        return out

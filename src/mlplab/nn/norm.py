@@ -84,6 +84,35 @@ class BatchNorm1d(Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
+    # -- the R-operator: docs/hessian.md, "Hessian–vector products: the R-operator" ----------
+    # Only eval mode has a rule: there y = x̂γ + β is affine in x for fixed running statistics.
+    def r_missing(self) -> str | None:
+        return "BatchNorm1d in train mode" if self.training else None
+
+    def r_state(self, x: np.ndarray) -> dict:
+        inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+        return {"xhat": (x - self.buffers["running_mean"]) * inv_std, "inv_std": inv_std}
+
+    def r_forward(self, rx, tape, r):
+        """R{y} = R{x} γ/σ + x̂ v_γ + v_β."""
+        r.rx[id(self)] = rx
+        entry, v = tape[id(self)], r.v[id(self)]
+        ry = entry["xhat"] * v["weight"] + v["bias"]
+        if rx is not None:
+            ry += rx * (self.params["weight"] * entry["inv_std"])
+        return ry
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        """R{dγ} = Σ(R{dout} ⊙ x̂ + dout ⊙ R{x}/σ); R{dβ} = 1ᵀR{dout}; R{dx} = R{dout} γ/σ + dout v_γ/σ."""
+        entry, rx, hv = tape[id(self)], r.rx[id(self)], r.hv[id(self)]
+        xhat, inv_std, dout = entry["xhat"], entry["inv_std"], entry["dout"]
+        if rx is None:
+            hv["weight"] += np.sum(rdout * xhat, axis=0)
+        else:
+            hv["weight"] += np.sum(rdout * xhat + dout * rx * inv_std, axis=0)
+        hv["bias"] += rdout.sum(axis=0)
+        return rdout * (self.params["weight"] * inv_std) + dout * (r.v[id(self)]["weight"] * inv_std)
+
 
 class Dropout(Module):
     """Inverted dropout: in train mode each element is zeroed with probability p and the
@@ -120,3 +149,17 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+    # -- the R-operator: docs/hessian.md, "Hessian–vector products: the R-operator" ----------
+    # Eval mode (or p = 0) is the identity; a train-mode mask has no rule here.
+    def r_missing(self) -> str | None:
+        return "Dropout in train mode" if self.training and self.p > 0 else None
+
+    def r_state(self, x: np.ndarray) -> dict:
+        return {}
+
+    def r_forward(self, rx, tape, r):
+        return rx
+
+    def r_backward(self, rdout, tape, r, need_input_grad=True):
+        return rdout
