@@ -90,7 +90,9 @@ def test_a_second_writer_is_refused_while_a_training_writes(tmp_path, undisturbe
     run = tmp_path / "R"
     first = start("train", *TRAIN, "--no-report", "--out", run, log=tmp_path / "first.log")
     try:
+        # best.npz is written after last.npz (the resumable state first): evaluate below needs both
         wait_for(run / "last.npz", first)
+        wait_for(run / "best.npz", first)
         first.send_signal(signal.SIGSTOP)  # keeps its lock while it is stopped
         before = snapshot(run)
         assert str(first.pid) in before[LOCK_NAME].decode()
