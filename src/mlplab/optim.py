@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from mlplab._blas import Axpy
+from mlplab.fast._blas import Axpy
 
 
 def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
@@ -125,19 +125,15 @@ class SGD(Optimizer):
 
     @property
     def plain(self) -> bool:
-        """Whether the update is p ← p − lr·∇ alone (no momentum, no weight decay): the form a
-        Linear layer can apply inside its backward pass (``Linear.fused_sgd_lr``)."""
+        """Whether the update is p ← p − lr·∇ alone (no momentum, no weight decay): the form the
+        fast path folds into the weight-gradient products (:mod:`mlplab.fast.step`)."""
         return self.momentum == 0 and self.weight_decay == 0
 
-    def step(self, skip: frozenset[int] | set[int] = frozenset()) -> None:
-        """One update of every parameter but those whose index is in ``skip`` (weights whose
-        plain-SGD update their Linear layer already applied in backward)."""
+    def step(self) -> None:
         self.step_count += 1
         buffers = self.state["momentum_buffer"]
         plain = self.plain
         for index, (p, g) in enumerate(self.pairs):
-            if index in skip:
-                continue
             if plain:  # p ← p − lr·g; the scratch array serves only NumPy's fallback
                 plan = self._axpy(index, g, p)
                 plan(-self.lr, None if plan.function is not None else self._scratch(index, p))
