@@ -5,7 +5,7 @@
 computes the same training step faster. The NumPy backend uses it when it is switched on
 (the default); ``NumpyBackend(..., fast=False)``, ``MLPLAB_FAST=0`` in the environment, or
 ``MLPLAB_NO_BLAS_AXPY=1`` (BLAS calls only) turn it off, and the step is then the textbook one:
-``model.forward``, ``loss.forward_backward``, ``model.backward``, ``optimizer.step``.
+``model.forward``, ``loss.forward_backward``, ``model.backward``, ``optimizer.step()``.
 tests/test_fast_path.py holds the two paths to the same losses and weights.
 
 The tricks, what each saves (figures measured on the development machine, float32; the
@@ -22,9 +22,11 @@ benchmark is ``python benchmarks/run.py``):
 - **One-pass parameter update** ``p += a·x`` through BLAS ``axpy`` (:mod:`mlplab.fast._blas`),
   on NumPy's own OpenBLAS: NumPy's ``p -= lr * g`` makes a temporary and two passes on one core
   (a 2048×3072 float32 update: 5.6 ms against 1.4 ms). :class:`~mlplab.fast._blas.Axpy` plans
-  look the pointers up once (~3.7 µs a call, more than a bias update itself). The optimisers of
-  :mod:`mlplab.optim` use it too, with one scratch array per parameter so that momentum,
-  weight decay and Adam allocate nothing per step (large temporaries are page-faulted anew).
+  look the pointers up once (~3.7 µs a call, more than a bias update itself).
+- **Optimiser updates in place** (:mod:`mlplab.fast.update`): the formulas of
+  :mod:`mlplab.optim` (SGD with momentum, Nesterov, weight decay; Adam, AdamW) with one or two
+  scratch arrays per parameter kept between steps, so nothing is allocated per step (large
+  temporaries are page-faulted in anew each time), and the final p ← p − a·d through axpy.
 - **Loss and its gradient in one softmax pass** (:mod:`mlplab.fast.loss`): the exponentials are
   kept and turned into (p − t)/S in place; reductions are called as ``ufunc.reduce`` (the array
   methods' Python wrappers took a third of the loss's time on a 32×10 batch); the target entry

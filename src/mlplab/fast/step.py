@@ -7,15 +7,16 @@ backward pass itself and, at each Linear of at least :data:`FUSE_MIN_WEIGHT` wei
 db = 1ᵀdY and dX = dY·W (with W from before the update) as ``Linear.backward`` does, and then
 W ← W − lr·dYᵀX as one BLAS product (PyTorch calls this "optimizer in backward"). Every other
 parameter gets the plain-SGD update through a BLAS axpy. For any other optimiser the backward
-pass and the update are the textbook ones; only the loss is the fast one.
+pass is the textbook one, and the update is :class:`mlplab.fast.update.Updater`'s.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mlplab.fast._blas import Axpy, axpy, gemm_tn_update
+from mlplab.fast._blas import axpy, gemm_tn_update
 from mlplab.fast.loss import FastSoftmaxCrossEntropy
+from mlplab.fast.update import Updater
 from mlplab.models import MLP
 from mlplab.nn import Linear, Module, Residual, Sequential, SoftmaxCrossEntropy
 from mlplab.nn.base import require_cache
@@ -40,14 +41,13 @@ class FusedStep:
         #: the Linear layers whose weight update is folded into their backward pass
         self.fused_layers = [layer for _, layer in fused]
         self._fused_ids = frozenset(id(layer) for layer in self.fused_layers)
-        self._rest = [index for index in range(len(optimizer.pairs)) if index not in {i for i, _ in fused}]
+        self._fused_indices = frozenset(index for index, _ in fused)
         # the containers on the way to a fused layer: the walk goes inside those only
         self._route: set[int] = set()
         for _, module in model.named_modules():
             if any(id(m) in self._fused_ids for _, m in module.named_modules()):
                 self._route.add(id(module))
-        self._plans: dict[int, Axpy] = {}
-        self._scratch: dict[int, np.ndarray] = {}
+        self.updater = Updater()
 
     @property
     def fuses(self) -> bool:
@@ -64,10 +64,10 @@ class FusedStep:
         if self.fuses:
             # The gradient with respect to the data is never used: skip the first layer's dX product.
             self._backward(model, dlogits, False, lr)
-            self._sgd_rest(lr)
+            self.updater.update(optimizer, skip=self._fused_indices)
         else:
             model.backward(dlogits, need_input_grad=False)
-            optimizer.step()
+            self.updater.update(optimizer)
         return loss, logits
 
     def _backward(self, module: Module, dout: np.ndarray, need_input_grad: bool, lr: float):
@@ -100,20 +100,3 @@ class FusedStep:
             np.matmul(dout.T, x, out=layer.grads["weight"])
             axpy(-lr, layer.grads["weight"], weight)
         return dx
-
-    def _sgd_rest(self, lr: float) -> None:
-        """The plain-SGD update p ← p − lr·g of every parameter not fused, one BLAS pass each."""
-        optimizer = self.optimizer
-        optimizer.step_count += 1
-        for index in self._rest:
-            p, g = optimizer.pairs[index]
-            plan = self._plans.get(index)
-            if plan is None or not plan.matches(g, p):
-                plan = self._plans[index] = Axpy(g, p)
-            if plan.function is not None:
-                plan(-lr)
-            else:  # NumPy's two passes, through a scratch array kept between steps
-                scratch = self._scratch.get(index)
-                if scratch is None:
-                    scratch = self._scratch[index] = np.empty_like(p)
-                plan(-lr, scratch)

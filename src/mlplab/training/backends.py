@@ -100,10 +100,15 @@ class NumpyBackend:
         linears = linear_layers(model)
         weights_before = [layer.params["weight"].copy() for _, layer in linears]
         logits = model.forward(x)
-        loss, dlogits = self.loss.forward_backward(logits, y)
+        # the loss and the update that the untracked step would compute, bit for bit
+        loss_fn = self.fused_step.loss if self.fast else self.loss
+        loss, dlogits = loss_fn.forward_backward(logits, y)
         input_grads = backward_with_input_grads(model, dlogits)
         self.optimizer.lr = lr
-        self.optimizer.step()
+        if self.fast:
+            self.fused_step.updater.update(self.optimizer)
+        else:
+            self.optimizer.step()
         self.last_gradient_stats = layer_statistics(linears, weights_before, input_grads)
         correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
         return loss, correct
