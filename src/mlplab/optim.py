@@ -12,8 +12,6 @@ import numbers
 
 import numpy as np
 
-from mlplab._blas import Axpy
-
 
 def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
@@ -46,24 +44,6 @@ class Optimizer:
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def _scratch(self, index: int, like: np.ndarray, slot: int = 0) -> np.ndarray:
-        if not hasattr(self, "_scratch_arrays"):
-            self._scratch_arrays: dict[tuple[int, int], np.ndarray] = {}
-        scratch = self._scratch_arrays.get((index, slot))
-        if scratch is None or scratch.shape != like.shape or scratch.dtype != like.dtype:
-            scratch = self._scratch_arrays[(index, slot)] = np.empty_like(like)
-        return scratch
-
-    def _axpy(self, index: int, x: np.ndarray, y: np.ndarray) -> Axpy:
-        """The update plan ``y += a·x`` of parameter ``index``, rebuilt when the arrays change
-        (a momentum buffer appears, or load_state_dict replaces the state)."""
-        if not hasattr(self, "_axpy_plans"):
-            self._axpy_plans: dict[int, Axpy] = {}
-        plan = self._axpy_plans.get(index)
-        if plan is None or not plan.matches(x, y):
-            plan = self._axpy_plans[index] = Axpy(x, y)
-        return plan
 
     def zero_grad(self) -> None:
         for _, g in self.pairs:
@@ -125,49 +105,24 @@ class SGD(Optimizer):
 
     @property
     def plain(self) -> bool:
-        """Whether the update is p ← p − lr·∇ alone (no momentum, no weight decay): the form a
-        Linear layer can apply inside its backward pass (``Linear.fused_sgd_lr``)."""
+        """Whether the update is p ← p − lr·∇ alone (no momentum, no weight decay): the form the
+        fast path folds into the weight-gradient products (:mod:`mlplab.fast.step`)."""
         return self.momentum == 0 and self.weight_decay == 0
 
-    def step(self, skip: frozenset[int] | set[int] = frozenset()) -> None:
-        """One update of every parameter but those whose index is in ``skip`` (weights whose
-        plain-SGD update their Linear layer already applied in backward)."""
+    def step(self) -> None:
         self.step_count += 1
         buffers = self.state["momentum_buffer"]
-        plain = self.plain
         for index, (p, g) in enumerate(self.pairs):
-            if index in skip:
-                continue
-            if plain:  # p ← p − lr·g; the scratch array serves only NumPy's fallback
-                plan = self._axpy(index, g, p)
-                plan(-self.lr, None if plan.function is not None else self._scratch(index, p))
-                continue
-            # One scratch array per parameter: the update needs no fresh allocation per step
-            # (large temporaries are page-faulted in anew each time).
-            scratch = self._scratch(index, p)
-            d = g
-            if self.weight_decay:
-                np.multiply(p, self.weight_decay, out=scratch)
-                scratch += g
-                d = scratch
+            d = g + self.weight_decay * p if self.weight_decay else g
             if self.momentum:
                 buf = buffers[index]
-                if buf is None:
+                if buf is None:  # the first step: b = d
                     buf = buffers[index] = np.array(d, copy=True)
                 else:
                     buf *= self.momentum
-                    if self.dampening:
-                        buf += (1 - self.dampening) * d
-                    else:
-                        buf += d
-                if self.nesterov:
-                    if d is not scratch:
-                        np.copyto(scratch, d)
-                    scratch += self.momentum * buf
-                    d = scratch
-                else:
-                    d = buf
-            self._axpy(index, d, p)(-self.lr, scratch)
+                    buf += (1 - self.dampening) * d
+                d = d + self.momentum * buf if self.nesterov else buf
+            p -= self.lr * d
 
 
 class Adam(Optimizer):
@@ -197,30 +152,20 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - beta1**t)
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         for index, (p, g) in enumerate(self.pairs):
-            s1, s2 = self._scratch(index, p, 0), self._scratch(index, p, 1)
             if self.decoupled:
                 if self.weight_decay:
                     p *= 1 - self.lr * self.weight_decay
             elif self.weight_decay:
-                np.multiply(p, self.weight_decay, out=s1)
-                s1 += g
-                g = s1
+                g = g + self.weight_decay * p
             m, v = self.state["exp_avg"][index], self.state["exp_avg_sq"][index]
             if m is None:
                 m = self.state["exp_avg"][index] = np.zeros_like(p)
                 v = self.state["exp_avg_sq"][index] = np.zeros_like(p)
             m *= beta1
-            np.multiply(g, 1 - beta1, out=s2)
-            m += s2
+            m += (1 - beta1) * g
             v *= beta2
-            np.multiply(g, g, out=s2)
-            s2 *= 1 - beta2
-            v += s2
-            np.sqrt(v, out=s2)  # the denominator √v/√(1 − β₂ᵗ) + ε, in scratch space
-            s2 /= bias_correction2_sqrt
-            s2 += self.eps
-            np.divide(m, s2, out=s2)
-            self._axpy(index, s2, p)(-step_size)
+            v += (1 - beta2) * g**2
+            p -= step_size * (m / (np.sqrt(v) / bias_correction2_sqrt + self.eps))
 
 
 class AdamW(Adam):

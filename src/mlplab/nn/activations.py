@@ -1,4 +1,4 @@
-"""Element-wise activations and the row-wise softmax (docs/backprop.md, "Activations").
+"""Element-wise activations and the row-wise softmax (docs/backprop.md, "Element-wise activations", "Softmax").
 
 An element-wise activation y = h(x) has the backward pass dx = dout ⊙ h'(x). Each class keeps
 the cheapest cache that gives h'(x) and evaluates exponentials only where they cannot overflow,
@@ -108,7 +108,7 @@ class ELU(_Elementwise):
         if x.dtype == np.float32:
             # Clipped at −80 too: below about −87 exp() gives float32 subnormals, slow on x86,
             # while alpha (e − 1) = −alpha to float32 precision from −17 on anyway.
-            e = x.clip(-80.0, 0.0)  # (the method: np.clip's wrapper costs 1 µs more per call)
+            e = x.clip(-80.0, 0.0)
             np.exp(e, out=e)
             e_minus_1 = e - 1
         else:

@@ -1,4 +1,4 @@
-"""Containers: Sequential and the residual connection (docs/backprop.md, "Residual blocks")."""
+"""Containers: Sequential and the residual connection (docs/backprop.md, "Residual connections", "Sequential and the whole MLP")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import numbers
 
 import numpy as np
 
-from mlplab._blas import axpy, gemm_tn_update
 from mlplab.nn.base import Module, check_2d, check_dout, require_cache
 
 
@@ -32,14 +31,7 @@ class Linear(Module):
     x: (batch, in_features) -> (batch, out_features). ``params['weight']``: (out, in),
     ``params['bias']``: (out,). Kaiming-normal weights with std sqrt(2/in), or sqrt(1/in) for
     the input layer (whose inputs are not the output of a rectifier); zero bias.
-
-    ``fused_sgd_lr``: None (the default), or a learning rate with which ``backward`` applies the
-    plain-SGD weight update W ← W − lr·dW itself, inside the weight-gradient product, instead of
-    filling ``grads['weight']`` (PyTorch calls this "optimizer in backward"). A training step
-    with plain SGD sets it just for its own backward pass (see NumpyBackend.train_step).
     """
-
-    fused_sgd_lr: float | None = None
 
     def __init__(self, in_features, out_features, input_layer: bool = False, *, dtype=np.float64, rng=None):
         super().__init__()
@@ -65,21 +57,14 @@ class Linear(Module):
         return out
 
     def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        """dW = doutᵀ x, db = 1ᵀ dout, dx = dout W. With ``need_input_grad=False`` dx is skipped.
-
-        With ``fused_sgd_lr`` set, W ← W − lr·doutᵀx replaces the filling of ``grads['weight']``
-        (which then holds nothing meaningful); dx still uses W from before the update."""
+        """dW = doutᵀ x, db = 1ᵀ dout, dx = dout W. With ``need_input_grad=False`` dx is skipped
+        (nothing needs the gradient of the data). The gradients are written into ``grads``,
+        whose arrays the optimiser holds."""
         x = require_cache(self, "x")
         check_dout(self, dout, (x.shape[0], self.out_features))
-        weight = self.params["weight"]
-        np.add.reduce(dout, axis=0, out=self.grads["bias"])  # (np.sum without its wrapper)
-        dx = dout @ weight if need_input_grad else None  # before a fused update changes W
-        lr = self.fused_sgd_lr
-        if lr is None or not gemm_tn_update(-lr, dout, x, weight):
-            np.matmul(dout.T, x, out=self.grads["weight"])
-            if lr is not None:  # BLAS could not take these arrays: the same update in two steps
-                axpy(-lr, self.grads["weight"], weight)
-        return dx
+        np.matmul(dout.T, x, out=self.grads["weight"])  # dW = dYᵀX: the batch sum of outer products
+        np.sum(dout, axis=0, out=self.grads["bias"])  # db = 1ᵀdY
+        return dout @ self.params["weight"] if need_input_grad else None  # dX = dY W
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, input_layer={self.input_layer}"

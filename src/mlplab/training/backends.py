@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlplab import fast as fast_path
 from mlplab.config import TrainConfig
 from mlplab.errors import ConfigError, MissingDependencyError
+from mlplab.fast.step import FusedStep
 from mlplab.models import MLP
-from mlplab.nn import Linear, SoftmaxCrossEntropy
+from mlplab.nn import SoftmaxCrossEntropy
 from mlplab.optim import SGD, Adam, AdamW, Optimizer
 
 
@@ -42,42 +44,30 @@ def build_model(config: TrainConfig, n_inputs: int, n_classes: int, seed, dtype=
     )
 
 
-#: Smallest weight (elements) whose plain-SGD update is folded into backward. The folded call
-#: costs ~5 µs more Python and ctypes work than matmul + axpy, and saves ~0.65 µs per thousand
-#: elements: below ~8,000 (the 128 → 10 output layer) it would not pay.
-FUSE_MIN_WEIGHT = 8192
-
-
 class NumpyBackend:
     """The NumPy MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser.
 
-    With plain SGD, ``train_step`` folds the update of each Linear weight of at least
-    :data:`FUSE_MIN_WEIGHT` elements into that layer's backward pass (``Linear.fused_sgd_lr``);
-    ``fuse_sgd = False`` turns that off (the same update, in two passes)."""
+    ``fast`` (default: the ``MLPLAB_FAST`` environment variable, on unless it says ``0``) runs
+    each step through :class:`mlplab.fast.step.FusedStep`, which folds a plain-SGD update into
+    the large layers' weight-gradient products; ``fast=False`` runs the textbook step, module by
+    module, with the same result (see :mod:`mlplab.fast`)."""
 
     name = "numpy"
     #: set by a listener to record per-layer gradient statistics on the next step (mlplab.gradflow)
     track_next_step = False
     last_gradient_stats = None
 
-    def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
+    def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence, *, fast: bool | None = None):
         self.config = config
         self.dtype = np.dtype(np.float64 if config.dtype == "float64" else np.float32)
         self.model = build_model(config, n_inputs, n_classes, seed, self.dtype)
         self.loss = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.device = "cpu"
-        # Plain SGD: each large Linear applies its weight update inside its weight-gradient
-        # product (Linear.fused_sgd_lr), and the optimiser skips those weights. That saves writing
-        # dW and reading it back for the update: at width 128 and batch 32, 8 % of a step. The
-        # result is the same update (bit for bit up to a batch of about 256; beyond that the
-        # BLAS sums the product in blocks, and the two orders round differently in float32).
-        self.fuse_sgd = True
-        weights = {id(module.params["weight"]): module for _, module in self.model.named_modules()
-                   if isinstance(module, Linear) and module.params["weight"].size >= FUSE_MIN_WEIGHT}
-        fused = [(index, weights[id(p)]) for index, (p, _) in enumerate(self.optimizer.pairs) if id(p) in weights]
-        self._fused_layers = [layer for _, layer in fused]
-        self._fused_indices = frozenset(index for index, _ in fused)
+        self.fast = fast_path.enabled(fast)
+        self.fused_step = None
+        if self.fast:
+            self.fused_step = FusedStep(self.model, self.loss, self.optimizer)
 
     def model_config(self) -> dict:
         return self.model.config()
@@ -85,27 +75,17 @@ class NumpyBackend:
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         if self.track_next_step:
             return self._tracked_train_step(x, y, lr)
-        model = self.model
-        if not model.training:  # walking the module tree costs ~8 µs, paid only after an evaluation
+        if self.fast:
+            loss, logits = self.fused_step.step(x, y, lr)
+        else:  # the textbook step
+            model = self.model
             model.train()
-        logits = model.forward(x)
-        loss, dlogits = self.loss.forward_backward(logits, y)
-        optimizer = self.optimizer
-        optimizer.lr = lr
-        if self.fuse_sgd and isinstance(optimizer, SGD) and optimizer.plain:
-            layers = self._fused_layers
-            for layer in layers:
-                layer.fused_sgd_lr = lr
-            try:
-                # The gradient with respect to the data is never used: skip the first layer's dX product.
-                model.backward(dlogits, need_input_grad=False)
-            finally:  # never left set: a later backward (a gradient check, say) must only fill grads
-                for layer in layers:
-                    layer.fused_sgd_lr = None
-            optimizer.step(self._fused_indices)
-        else:
+            logits = model.forward(x)
+            loss, dlogits = self.loss.forward_backward(logits, y)
+            # The gradient with respect to the data is never used: skip the first layer's dX product.
             model.backward(dlogits, need_input_grad=False)
-            optimizer.step()
+            self.optimizer.lr = lr
+            self.optimizer.step()
         correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         return loss, correct
 
@@ -120,10 +100,15 @@ class NumpyBackend:
         linears = linear_layers(model)
         weights_before = [layer.params["weight"].copy() for _, layer in linears]
         logits = model.forward(x)
-        loss, dlogits = self.loss.forward_backward(logits, y)
+        # the loss and the update that the untracked step would compute, bit for bit
+        loss_fn = self.fused_step.loss if self.fast else self.loss
+        loss, dlogits = loss_fn.forward_backward(logits, y)
         input_grads = backward_with_input_grads(model, dlogits)
         self.optimizer.lr = lr
-        self.optimizer.step()
+        if self.fast:
+            self.fused_step.updater.update(self.optimizer)
+        else:
+            self.optimizer.step()
         self.last_gradient_stats = layer_statistics(linears, weights_before, input_grads)
         correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
         return loss, correct

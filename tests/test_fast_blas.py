@@ -1,11 +1,11 @@
-"""The one-pass parameter update (mlplab._blas) against NumPy."""
+"""The one-pass parameter update (mlplab.fast._blas) against NumPy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mlplab import _blas
+from mlplab.fast import _blas
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -110,7 +110,7 @@ def gemm_tn_update(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) ->
 
     With c a weight matrix, a the output gradient and b the layer input, this is the plain-SGD
     step W ← W − lr·dYᵀX with alpha = −lr: the gradient is never written out, which saves a
-    pass over a matrix the size of W and the separate update (see Linear.fused_sgd_lr)."""
+    pass over a matrix the size of W and the separate update (see mlplab.fast.step)."""
     if (_FUNCTIONS is None or not (a.dtype == b.dtype == c.dtype) or c.dtype not in (np.float32, np.float64)
             or a.ndim != 2 or b.ndim != 2 or c.shape != (a.shape[1], b.shape[1]) or a.shape[0] != b.shape[0]
             or not (a.flags.c_contiguous and b.flags.c_contiguous and c.flags.c_contiguous and c.flags.writeable)):
