@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlplab.config import ACTIVATIONS
+from mlplab.nn.activations import ACTIVATIONS
 
 
 def register(subparsers, parents) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from mlplab.config import ACTIVATIONS, BACKENDS, DEVICES, DTYPES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, WHITENINGS
+from mlplab.config import BACKENDS, DEVICES, DTYPES, NORMALIZATIONS, WHITENINGS
+from mlplab.nn.activations import ACTIVATIONS  # the registries: already loaded by `mlplab --help`'s other commands
+from mlplab.optim import OPTIMIZERS, SCHEDULES
 
 S = argparse.SUPPRESS  # options not given stay absent, so presets and config files can fill them
 
