@@ -16,7 +16,9 @@ import pytest
 from mlplab import validation
 from mlplab.cli import build_parser
 from mlplab.config import TrainConfig, registry_names
+from mlplab.data.core import NORMALIZATIONS
 from mlplab.data.registry import DATASETS
+from mlplab.data.whitening import WHITENINGS
 from mlplab.errors import ConfigError
 from mlplab.models import MLP
 from mlplab.nn import activations
@@ -73,7 +75,8 @@ def test_readme_training_options_list_the_registered_names():
 
 
 @pytest.mark.parametrize(("option", "registry"), [("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS),
-                                                   ("schedule", SCHEDULES), ("dataset", DATASETS)])
+                                                   ("schedule", SCHEDULES), ("dataset", DATASETS),
+                                                   ("normalization", NORMALIZATIONS), ("whitening", WHITENINGS)])
 def test_config_accepts_each_registered_name_and_lists_them_for_an_unknown_one(option, registry):
     for name in registry:
         assert getattr(TrainConfig(**{option: name.upper()}).validated(), option) == name
@@ -249,3 +252,15 @@ def test_validation_is_a_leaf_and_config_stays_free_of_numpy():
     code = "import sys, mlplab.config; print('numpy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_registries_import_nothing_from_config():
+    """config reads the registries (when validating); the modules that hold them never import
+    config back, so no import cycle runs through config."""
+    src = REPO / "src" / "mlplab"
+    holders = [*sorted((src / "data").glob("*.py")), *sorted((src / "nn").glob("*.py")), src / "optim.py"]
+    for path in holders:
+        tree = ast.parse(path.read_text())
+        modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert "mlplab.config" not in modules, f"{path.relative_to(REPO)} imports mlplab.config"

@@ -26,8 +26,6 @@ else:  # pragma: no cover - Python 3.10
 BACKENDS = ("numpy", "torch")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
-NORMALIZATIONS = ("published", "train")
-WHITENINGS = ("none", "per_image", "zca")
 
 #: where the names of each registered concept live (one registry each; imported when first asked
 #: for, so that reading this module stays free of NumPy)
@@ -36,6 +34,8 @@ REGISTRIES = {
     "OPTIMIZERS": ("mlplab.optim", "OPTIMIZERS"),
     "SCHEDULES": ("mlplab.optim", "SCHEDULES"),
     "DATASETS": ("mlplab.data.registry", "DATASETS"),
+    "NORMALIZATIONS": ("mlplab.data.core", "NORMALIZATIONS"),
+    "WHITENINGS": ("mlplab.data.whitening", "WHITENINGS"),
 }
 
 
@@ -150,8 +150,8 @@ class TrainConfig:
         c.backend = _choice(c.backend, "backend", BACKENDS)
         c.device = _choice(c.device, "device", DEVICES)
         c.dtype = _choice(c.dtype, "dtype", DTYPES)
-        c.normalization = _choice(c.normalization, "normalization", NORMALIZATIONS)
-        c.whitening = _choice(c.whitening, "whitening", WHITENINGS)
+        c.normalization = _choice(c.normalization, "normalization", registry_names("NORMALIZATIONS"))
+        c.whitening = _choice(c.whitening, "whitening", registry_names("WHITENINGS"))
         c.zca_epsilon = _number(c.zca_epsilon, "zca_epsilon", positive=True)
         c.hidden_dims = _widths(c.hidden_dims)
         c.lr = _number(c.lr, "lr", positive=True)

@@ -20,6 +20,7 @@ import numpy as np
 from mlplab import validation
 from mlplab.errors import ConfigError, DataError
 
+#: THE list of normalisations (``--normalization``; config validation reads it from here)
 NORMALIZATIONS = ("published", "train")
 
 #: rows converted at a time; bounds the temporary memory of a load to a few tens of MB
