@@ -3,6 +3,13 @@
 An optimiser takes ``model.parameters()`` — ``(param, grad)`` array pairs — and updates the
 parameters in place on ``step()``. Its ``lr`` attribute is the learning rate of the next step;
 a schedule sets it (``optimizer.lr = schedule(step)``), so both backends follow one formula.
+
+To add an optimiser, write its class here (``step``, ``hyperparameters``, and the class attributes
+``state_names``, ``options`` and ``torch_name``) and register it in :data:`OPTIMIZERS`: config
+validation, ``--optimizer``, the NumPy backend (``cls(params, **cls.settings(config))``) and the
+torch backend (``torch.optim.<torch_name>`` with the same keywords, state saved under
+``state_names``) all read that entry. A schedule: a class with ``__call__`` and ``from_epochs``,
+registered in :data:`SCHEDULES`. Then name it in the README's option list (a test compares them).
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 An element-wise activation y = h(x) has the backward pass dx = dout ⊙ h'(x). Each class keeps
 the cheapest cache that gives h'(x) and evaluates exponentials only where they cannot overflow,
 so no input (even |x| = 1000) raises a floating-point warning.
+
+To add an activation, write its class here (``forward`` caching h'(x) as ``dydx``, ``derivatives``
+giving h' and h'' for the Hessian, ``torch_twin`` naming the ``torch.nn`` module that computes the
+same h) and register it in :data:`ACTIVATIONS`: config validation, ``--activation``, the NumPy and
+the torch MLP, ``mlplab gradcheck`` and the parity, Hessian and gradient tests all read that entry.
+Then name it in the README's option list (tests/test_registries.py compares them).
 """
 
 from __future__ import annotations
