@@ -264,3 +264,16 @@ def test_the_registries_import_nothing_from_config():
         modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert "mlplab.config" not in modules, f"{path.relative_to(REPO)} imports mlplab.config"
+
+
+@pytest.mark.parametrize(("name", "momentum"), [(name, m) for name in OPTIMIZERS for m in (0.0, 0.9)
+                                                if m == 0 or "momentum" in OPTIMIZERS[name].options])
+def test_the_disk_estimate_counts_the_state_arrays_each_optimizer_really_keeps(name, momentum):
+    from mlplab.training.backends import make_optimizer
+    from mlplab.training.listeners import _optimizer_copies
+
+    config = TrainConfig(optimizer=name, momentum=momentum).validated()
+    optimizer = make_optimizer(config, [(np.ones(3), np.full(3, 0.5))])
+    optimizer.step()
+    kept = sum(values[0] is not None for values in optimizer.state.values())
+    assert _optimizer_copies(config) == kept
