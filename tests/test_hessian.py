@@ -14,6 +14,7 @@ from mlplab.cli import main
 from mlplab.gradcheck import relative_error
 from mlplab.models import MLP
 from mlplab.nn import SoftmaxCrossEntropy
+from mlplab.nn.activations import ACTIVATIONS
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -63,11 +64,7 @@ def finite_difference_hessian(model, x, y, h=1e-5) -> np.ndarray:
 
 MODELS = {
     "elu": {},
-    "relu": {"activation": "relu"},
-    "leaky_relu": {"activation": "leaky_relu"},
-    "tanh": {"activation": "tanh"},
-    "sigmoid": {"activation": "sigmoid"},
-    "gelu": {"activation": "gelu"},
+    **{name: {"activation": name} for name in ACTIVATIONS if name != "elu"},  # every registered one
     "batch_norm": {"use_batch_norm": True},
     "residual": {"residual": True},
     "residual+batch_norm": {"residual": True, "use_batch_norm": True, "activation": "tanh"},

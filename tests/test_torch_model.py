@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from mlplab.models import MLP as NumpyMLP  # noqa: E402
+from mlplab.nn.activations import ACTIVATIONS  # noqa: E402
 from mlplab.torch import MLP, Dropout, from_numpy, to_numpy  # noqa: E402
 
 OPTION_COMBOS = [
@@ -60,7 +61,7 @@ def test_load_state_dict_refuses_missing_and_unexpected_keys():
         model.load_state_dict({**state, "layers.9.weight": np.zeros(2)})
 
 
-@pytest.mark.parametrize("activation", ["elu", "relu", "leaky_relu", "tanh", "sigmoid", "gelu"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_from_numpy_and_to_numpy_give_the_same_logits(activation):
     numpy_model = NumpyMLP(7, [9, 9], 4, activation=activation, use_batch_norm=True, residual=True, seed=3).eval()
     numpy_model.load_state_dict({k: v + 0.1 if k.endswith("running_mean") else v for k, v in numpy_model.state_dict().items()})

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from mlplab.config import TrainConfig  # noqa: E402
+from mlplab.nn.activations import ACTIVATIONS  # noqa: E402
 from mlplab.optim import make_schedule  # noqa: E402
 from mlplab.torch.backend import TorchBackend  # noqa: E402
 from mlplab.training.backends import NumpyBackend  # noqa: E402
@@ -25,7 +26,7 @@ LOSS_RTOL, PARAM_ATOL = 1e-10, 1e-9
 
 CASES = {
     "default": {},
-    **{f"activation-{name}": {"activation": name} for name in ("elu", "relu", "leaky_relu", "tanh", "sigmoid", "gelu")},
+    **{f"activation-{name}": {"activation": name} for name in ACTIVATIONS},
     "residual": {"residual": True},
     "batch-norm": {"use_batch_norm": True},
     "dropout-0": {"dropout": 0.0},

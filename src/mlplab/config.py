@@ -7,14 +7,15 @@ Precedence, lowest first: the dataclass defaults (the reference setup), a ``--pr
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
-import math
 import numbers
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from mlplab import validation
 from mlplab.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -22,14 +23,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ACTIVATIONS = ("elu", "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
 BACKENDS = ("numpy", "torch")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
-NORMALIZATIONS = ("published", "train")
-WHITENINGS = ("none", "per_image", "zca")
+
+#: where the names of each registered concept live (one registry each; imported when first asked
+#: for, so that reading this module stays free of NumPy)
+REGISTRIES = {
+    "ACTIVATIONS": ("mlplab.nn.activations", "ACTIVATIONS"),
+    "OPTIMIZERS": ("mlplab.optim", "OPTIMIZERS"),
+    "SCHEDULES": ("mlplab.optim", "SCHEDULES"),
+    "DATASETS": ("mlplab.data.registry", "DATASETS"),
+    "NORMALIZATIONS": ("mlplab.data.core", "NORMALIZATIONS"),
+    "WHITENINGS": ("mlplab.data.whitening", "WHITENINGS"),
+}
+
+
+def registry_names(concept: str) -> tuple[str, ...]:
+    """The registered names of ``concept`` (a key of :data:`REGISTRIES`), in the registry's order."""
+    module, attribute = REGISTRIES[concept]
+    return tuple(getattr(importlib.import_module(module), attribute))
+
+
+def __getattr__(name: str):
+    # ``config.ACTIVATIONS`` and the like, for code written when the names were listed here
+    if name in REGISTRIES:
+        return registry_names(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: options that fix the model's architecture: a resumed run may not change them
 MODEL_OPTIONS = ("hidden_dims", "activation", "use_batch_norm", "dropout", "residual", "dataset", "dtype", "backend")
@@ -122,17 +143,15 @@ class TrainConfig:
     def validated(self) -> TrainConfig:
         """A normalised copy, or ConfigError naming the first bad option (as ``--option``)."""
         c = dataclasses.replace(self, hidden_dims=list(self.hidden_dims) if _is_sequence(self.hidden_dims) else self.hidden_dims)
-        from mlplab.data.registry import DATASETS
-
-        c.dataset = _choice(c.dataset, "dataset", tuple(DATASETS))
-        c.activation = _choice(c.activation, "activation", ACTIVATIONS)
-        c.optimizer = _choice(c.optimizer, "optimizer", OPTIMIZERS)
-        c.schedule = _choice(c.schedule, "schedule", SCHEDULES)
+        c.dataset = _choice(c.dataset, "dataset", registry_names("DATASETS"))
+        c.activation = _choice(c.activation, "activation", registry_names("ACTIVATIONS"))
+        c.optimizer = _choice(c.optimizer, "optimizer", registry_names("OPTIMIZERS"))
+        c.schedule = _choice(c.schedule, "schedule", registry_names("SCHEDULES"))
         c.backend = _choice(c.backend, "backend", BACKENDS)
         c.device = _choice(c.device, "device", DEVICES)
         c.dtype = _choice(c.dtype, "dtype", DTYPES)
-        c.normalization = _choice(c.normalization, "normalization", NORMALIZATIONS)
-        c.whitening = _choice(c.whitening, "whitening", WHITENINGS)
+        c.normalization = _choice(c.normalization, "normalization", registry_names("NORMALIZATIONS"))
+        c.whitening = _choice(c.whitening, "whitening", registry_names("WHITENINGS"))
         c.zca_epsilon = _number(c.zca_epsilon, "zca_epsilon", positive=True)
         c.hidden_dims = _widths(c.hidden_dims)
         c.lr = _number(c.lr, "lr", positive=True)
@@ -165,10 +184,11 @@ class TrainConfig:
         c.mlflow = _switch_or_text(c.mlflow, "mlflow", "a tracking URI")
         if not isinstance(c.mlflow_experiment, str) or not c.mlflow_experiment.strip():
             raise ConfigError(f"--mlflow-experiment must be a name, got {c.mlflow_experiment!r}")
-        if c.nesterov and (c.optimizer != "sgd" or c.momentum <= 0):
-            raise ConfigError("--nesterov needs --optimizer sgd and a --momentum above 0")
-        if c.momentum and c.optimizer != "sgd":
-            raise ConfigError(f"--momentum applies to --optimizer sgd only (got --optimizer {c.optimizer}); Adam's betas play that role")
+        takes = _optimizers_taking()
+        if c.nesterov and (c.optimizer not in takes["nesterov"] or c.momentum <= 0):
+            raise ConfigError(f"--nesterov needs --optimizer {' or '.join(takes['nesterov'])} and a --momentum above 0")
+        if c.momentum and c.optimizer not in takes["momentum"]:
+            raise ConfigError(f"--momentum applies to --optimizer {' or '.join(takes['momentum'])} only (got --optimizer {c.optimizer}); Adam's betas play that role")
         if c.warmup_epochs > c.epochs:
             raise ConfigError(f"--warmup-epochs {c.warmup_epochs:g} is longer than --epochs {c.epochs}")
         if c.nproc > 1 and c.backend != "torch":
@@ -193,32 +213,20 @@ def _is_sequence(value) -> bool:
 
 
 def _choice(value, name: str, choices) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"--{_flag(name)} must be a name, got {value!r}")
-    key = value.strip().lower().replace("-", "_") if name != "dataset" else value.strip().lower()
-    if choices is not None and key not in choices:
-        what = "data set" if name == "dataset" else name.replace("_", " ")
-        raise ConfigError(f"--{_flag(name)}: unknown {what} {value!r} (choose from {', '.join(choices)})")
-    return key
+    what = "data set" if name == "dataset" else name.replace("_", " ")
+    # data set names keep their dashes (fashion-mnist); other names read a dash as an underscore
+    return validation.choice(value, f"--{_flag(name)}", choices, what=what, normalise=name != "dataset")
+
+
+def _optimizers_taking() -> dict[str, tuple[str, ...]]:
+    """For each optimiser option, the registered optimisers that take it."""
+    from mlplab.optim import OPTIMIZERS
+
+    return {option: tuple(name for name, cls in OPTIMIZERS.items() if option in cls.options) for option in ("momentum", "nesterov")}
 
 
 def _number(value, name: str, *, positive: bool = False, low: float | None = None, below: float | None = None) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and positive:
-        ok = value > 0
-    if ok and low is not None:
-        ok = value >= low
-    if ok and below is not None:
-        ok = value < below
-    if not ok:
-        if positive:
-            want = "a positive finite number"
-        elif below is not None:
-            want = f"a number in [{low:g}, {below:g})"
-        else:
-            want = f"a finite number >= {low:g}"
-        raise ConfigError(f"--{_flag(name)} must be {want}, got {value!r}")
-    return float(value)
+    return validation.number(value, f"--{_flag(name)}", low=low, above=0 if positive else None, below=below)
 
 
 def _switch_or_text(value, name: str, what: str) -> bool | str:
@@ -235,13 +243,7 @@ def _switch_or_text(value, name: str, what: str) -> bool | str:
 
 
 def _integer(value, name: str, *, low: int) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok and isinstance(value, float) and value.is_integer():
-        value, ok = int(value), True
-    if not ok or value < low:
-        want = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ConfigError(f"--{_flag(name)} must be {want}, got {value!r}")
-    return int(value)
+    return validation.integer(value, f"--{_flag(name)}", low=low, whole_floats=True)
 
 
 def _widths(value) -> list[int]:

@@ -18,6 +18,7 @@ from mlplab.nn import (
     ELU, GELU, BatchNorm1d, CrossEntropy, Dropout, LeakyReLU, Linear, Module, ReLU, Residual,
     Sequential, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh,
 )
+from mlplab.nn.activations import ACTIVATIONS
 
 DEFAULT_TOLERANCE = 1e-6
 
@@ -182,7 +183,7 @@ def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE) -> list[CheckResult]:
     xm = rng.standard_normal((8, 6))
     ym = rng.integers(0, 3, size=8)
     variants = [("MLP", {})]
-    variants += [(f"MLP[{a}]", {"activation": a}) for a in ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")]
+    variants += [(f"MLP[{a}]", {"activation": a}) for a in ACTIVATIONS if a != "elu"]  # elu: the default MLP
     variants += [
         ("MLP[batch_norm]", {"use_batch_norm": True}),
         ("MLP[residual]", {"residual": True}),

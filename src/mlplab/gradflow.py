@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mlplab import validation
 from mlplab.errors import ConfigError
 from mlplab.nn import Linear, Module
 
@@ -98,9 +99,7 @@ def layer_statistics(linears, weights_before: list[np.ndarray], input_grads: dic
 # mlplab gradflow: the gradient at every depth, plain against residual, at initialisation
 # =============================================================================================
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    return int(value)
+    return validation.integer(value, f"--{name.replace('_', '-')}")
 
 
 def input_gradient_norms(model, x: np.ndarray, y: np.ndarray) -> dict:
@@ -136,17 +135,14 @@ def gradient_flow(depth: int = 16, width: int = 128, activation: str = "sigmoid"
     state-dict prefixes), ``input_grad_norms`` in the same order, ``loss`` and
     ``first_over_last`` (first layer's norm / output layer's norm).
     """
-    from mlplab.config import ACTIVATIONS
     from mlplab.models import MLP
+    from mlplab.nn.activations import ACTIVATIONS
 
     depth = _positive_int(depth, "depth")
     width = _positive_int(width, "width")
     batch_size = _positive_int(batch_size, "batch_size")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {seed!r}")
-    key = str(activation).lower().replace("-", "_")
-    if key not in ACTIVATIONS:
-        raise ConfigError(f"--activation: unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    seed = validation.integer(seed, "--seed", low=0)
+    key = validation.choice(activation, "--activation", ACTIVATIONS, what="activation")
     if residual not in (None, True, False):
         raise ConfigError(f"residual must be None, True or False, got {residual!r}")
     if data is None:

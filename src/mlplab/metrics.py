@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlplab import validation
+
 #: the betas ``mlplab evaluate`` and the report show: precision-heavy, balanced, recall-heavy
 DEFAULT_BETAS = (0.1, 1.0, 10.0)
 
@@ -250,8 +252,7 @@ def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None 
     those of the horizontally mirrored images (``image_shape``, the data set's, needed), as training
     evaluates with ``--tta-flip``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"evaluate: batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = validation.integer(batch_size, "evaluate: batch_size", error=ValueError)
     x, y = _split_arrays(dataset)
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"evaluate: need x (N, D) and y (N,), got x {x.shape} and y {y.shape}")

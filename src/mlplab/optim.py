@@ -3,33 +3,50 @@
 An optimiser takes ``model.parameters()`` — ``(param, grad)`` array pairs — and updates the
 parameters in place on ``step()``. Its ``lr`` attribute is the learning rate of the next step;
 a schedule sets it (``optimizer.lr = schedule(step)``), so both backends follow one formula.
+
+To add an optimiser, write its class here (``step``, ``hyperparameters``, and the class attributes
+``state_names``, ``options`` and ``torch_name``) and register it in :data:`OPTIMIZERS`: config
+validation, ``--optimizer``, the NumPy backend (``cls(params, **cls.settings(config))``) and the
+torch backend (``torch.optim.<torch_name>`` with the same keywords, state saved under
+``state_names``) all read that entry. A schedule: a class with ``__call__`` and ``from_epochs``,
+registered in :data:`SCHEDULES`. Then name it in the README's option list (a test compares them).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import numbers
 
 import numpy as np
 
+from mlplab import validation
+
 
 def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if ok:
-        ok = value >= low if low_inclusive else value > low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
-    return float(value)
+    bounds = {"low": low} if low_inclusive else {"above": low}
+    return validation.number(value, f"{owner}: {name}", below=high, error=ValueError, **bounds)
 
 
 class Optimizer:
     """Base class: holds the parameter/gradient pairs and a step counter."""
 
-    #: names of the per-parameter state arrays, in the order they are saved
+    #: names of the per-parameter state arrays, in the order they are saved (torch.optim's names too)
     state_names: tuple[str, ...] = ()
+    #: the training options (``TrainConfig`` fields) the constructor takes besides ``lr``, under
+    #: the same keyword names; the constructor's defaults give the other hyperparameters
+    options: tuple[str, ...] = ()
+    #: the ``torch.optim`` class with the same update formula and keyword names (None: no twin)
+    torch_name: str | None = None
+
+    @classmethod
+    def settings(cls, config) -> dict:
+        """Every keyword of the constructor (``lr`` and each hyperparameter) for ``config``: the
+        values of :attr:`options` from it, the defaults for the rest. Both backends build their
+        optimiser from this one dict, so they cannot disagree on a hyperparameter."""
+        given = {"lr": config.lr, **{name: getattr(config, name) for name in cls.options}}
+        bound = inspect.signature(cls).bind_partial(None, **given)
+        bound.apply_defaults()
+        return {name: value for name, value in bound.arguments.items() if name != "params"}
 
     def __init__(self, params, lr: float):
         self.pairs = [(p, g) for p, g in params]
@@ -89,6 +106,8 @@ class SGD(Optimizer):
     """
 
     state_names = ("momentum_buffer",)
+    options = ("momentum", "nesterov", "weight_decay")
+    torch_name = "SGD"
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0):
         super().__init__(params, lr)
@@ -131,6 +150,8 @@ class Adam(Optimizer):
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
+    options = ("weight_decay",)
+    torch_name = "Adam"
     decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
@@ -171,13 +192,23 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """AdamW, as ``torch.optim.AdamW``: decoupled weight decay p ← p(1 − lr·λ), then Adam."""
 
+    torch_name = "AdamW"
     decoupled = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+#: name -> optimiser class: THE list of optimisers (config validation, the CLI's choices, both
+#: backends and the README read it). A class declares its ``options``, ``state_names`` and ``torch_name``.
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def optimizer_class(name: str) -> type[Optimizer]:
+    """The optimiser class registered as ``name``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
 
 
 # -- learning-rate schedules -------------------------------------------------------------
@@ -191,6 +222,10 @@ class Schedule:
 class ConstantSchedule(Schedule):
     """lr(t) = base_lr, after an optional linear warm-up of ``warmup_steps``."""
 
+    @classmethod
+    def from_epochs(cls, base_lr, *, steps_per_epoch, epochs, warmup_steps, step_epochs, gamma, min_lr):
+        return cls(base_lr, warmup_steps)
+
     def __init__(self, base_lr: float, warmup_steps: int = 0):
         self.base_lr = _check_number(base_lr, "base_lr", "ConstantSchedule", low_inclusive=False)
         self.warmup_steps = int(warmup_steps)
@@ -203,6 +238,11 @@ class ConstantSchedule(Schedule):
 
 class StepSchedule(Schedule):
     """lr(t) = base_lr · gamma^⌊t / step_size⌋ (after an optional linear warm-up)."""
+
+    @classmethod
+    def from_epochs(cls, base_lr, *, steps_per_epoch, epochs, warmup_steps, step_epochs, gamma, min_lr):
+        every = step_epochs if step_epochs else max(1, epochs // 3)  # default: two decays in a run
+        return cls(base_lr, every * steps_per_epoch, gamma, warmup_steps)
 
     def __init__(self, base_lr: float, step_size: int, gamma: float = 0.1, warmup_steps: int = 0):
         self.base_lr = _check_number(base_lr, "base_lr", "StepSchedule", low_inclusive=False)
@@ -221,6 +261,11 @@ class StepSchedule(Schedule):
 class CosineSchedule(Schedule):
     """Linear warm-up over ``warmup_steps`` to base_lr, then a half cosine down to ``min_lr``
     at ``total_steps``: lr = min_lr + ½(base_lr − min_lr)(1 + cos(π·progress))."""
+
+    @classmethod
+    def from_epochs(cls, base_lr, *, steps_per_epoch, epochs, warmup_steps, step_epochs, gamma, min_lr):
+        total = epochs * steps_per_epoch
+        return cls(base_lr, total, min(warmup_steps, total), min_lr)
 
     def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0):
         self.base_lr = _check_number(base_lr, "base_lr", "CosineSchedule", low_inclusive=False)
@@ -241,16 +286,16 @@ class CosineSchedule(Schedule):
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+#: name -> schedule class: THE list of schedules (config validation, the CLI's choices and the
+#: README read it). Each class's ``from_epochs`` turns the options counted in epochs into its steps.
+SCHEDULES: dict[str, type[Schedule]] = {"constant": ConstantSchedule, "step": StepSchedule, "cosine": CosineSchedule}
+
+
 def make_schedule(name: str, base_lr: float, *, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0,
                   step_epochs: int | None = None, gamma: float = 0.1, min_lr: float = 0.0) -> Schedule:
-    """A schedule by name (constant, step, cosine) with its lengths given in epochs."""
+    """A schedule by name (see :data:`SCHEDULES`) with its lengths given in epochs."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    total = epochs * steps_per_epoch
-    if name == "constant":
-        return ConstantSchedule(base_lr, warmup_steps)
-    if name == "step":
-        every = step_epochs if step_epochs else max(1, epochs // 3)
-        return StepSchedule(base_lr, every * steps_per_epoch, gamma, warmup_steps)
-    if name == "cosine":
-        return CosineSchedule(base_lr, total, min(warmup_steps, total), min_lr)
-    raise ValueError(f"unknown schedule {name!r}; choose one of constant, step, cosine")
+    return SCHEDULES[name].from_epochs(base_lr, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_steps=warmup_steps,
+                                       step_epochs=step_epochs, gamma=gamma, min_lr=min_lr)

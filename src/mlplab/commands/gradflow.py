@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlplab.config import ACTIVATIONS
+from mlplab.nn.activations import ACTIVATIONS
 
 
 def register(subparsers, parents) -> None:
@@ -20,7 +20,7 @@ def register(subparsers, parents) -> None:
     parser.add_argument("--activation", default="sigmoid", metavar="NAME", help=f"one of {', '.join(ACTIVATIONS)} (default sigmoid)")
     parser.add_argument("--residual", action="store_true",
                         help="accepted for symmetry with `mlplab train`: both networks are always measured")
-    parser.add_argument("--dataset", default="digits", help="the data set of the batch (default digits; cifar10, mnist, fashion-mnist)")
+    parser.add_argument("--dataset", default="digits", help="the data set of the batch (default digits; an unknown name lists the known ones)")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, metavar="DIR",
                         help="where the data set lies (default: $MLPLAB_DATA, else ./data)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=128, metavar="N",

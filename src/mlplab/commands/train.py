@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from mlplab.config import ACTIVATIONS, BACKENDS, DEVICES, DTYPES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, WHITENINGS
+from mlplab.config import BACKENDS, DEVICES, DTYPES
+from mlplab.nn.activations import ACTIVATIONS  # the registries: already loaded by `mlplab --help`'s other commands
+from mlplab.optim import OPTIMIZERS, SCHEDULES
 
 S = argparse.SUPPRESS  # options not given stay absent, so presets and config files can fill them
 
@@ -21,8 +23,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-dir", "--data_dir", dest="data_dir", default=S, metavar="DIR", help="where the data set lies (default: $MLPLAB_DATA, else ./data)")
     data.add_argument("--validation-size", "--validation_size", dest="validation_size", type=int, default=S, metavar="N", help="training images held out for validation (default: the data set's own, 5000 for CIFAR-10)")
     data.add_argument("--split-seed", dest="split_seed", type=int, default=S, metavar="SEED", help="seed of the train/validation split (default 42)")
-    data.add_argument("--normalization", choices=NORMALIZATIONS, default=S, help="per-channel statistics: published (default) or computed on the training split")
-    data.add_argument("--whitening", choices=WHITENINGS, default=S, help="after normalising: none (default), per_image standardisation, or zca (fitted on the training split)")
+    data.add_argument("--normalization", default=S, metavar="NAME", help="per-channel statistics: published (default) or train (computed on the training split)")
+    data.add_argument("--whitening", default=S, metavar="NAME", help="after normalising: none (default), per_image standardisation, or zca (fitted on the training split)")
     data.add_argument("--zca-epsilon", dest="zca_epsilon", type=float, default=S, metavar="EPS", help="ZCA regularisation added to the eigenvalues (default 0.1)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S, help="random crops (4-pixel padding) and horizontal flips while training")
     data.add_argument("--augment-padding", dest="augment_padding", type=int, default=S, metavar="PIXELS", help="with --augment: crop shifts of up to PIXELS (default 4; 0 for flips only)")

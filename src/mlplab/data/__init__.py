@@ -23,7 +23,8 @@ prepared-split cache, ``info``). To add a data set:
    warning if any, and a few ``info`` entries; a ``split`` only if it is not a seeded permutation
    with a separate test set;
 3. build ``NAME = DataSource(...)`` from them and add it to ``DATASETS`` in :mod:`registry`:
-   ``--dataset``, config validation and :func:`get_dataset` then know it.
+   ``--dataset``, config validation and :func:`get_dataset` then know it; add its name to the
+   README's ``--dataset`` list too (tests/test_registries.py compares the two).
    :mod:`~mlplab.data.digits` is the shortest example, :mod:`~mlplab.data.cifar10` the fullest.
 """
 

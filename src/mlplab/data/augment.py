@@ -6,11 +6,10 @@ Augmentation is for training batches only; evaluation never calls it.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from mlplab import validation
 from mlplab.errors import ConfigError
 
 
@@ -51,9 +50,7 @@ class RandomCropFlip:
 
     def __init__(self, image_shape, padding: int = 4, flip: bool = True, rng=None):
         self.image_shape = _image_shape(image_shape)
-        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-            raise ConfigError(f"padding must be a non-negative integer, got {padding!r}")
-        self.padding = int(padding)
+        self.padding = validation.integer(padding, "padding", low=0)
         self.flip = bool(flip)
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self._padded: np.ndarray | None = None

@@ -11,11 +11,11 @@ that the next batch overwrites: consume a batch before asking for the next, and 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from mlplab import validation
 from mlplab.errors import ConfigError
 
 
@@ -40,8 +40,7 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = Fa
         raise ConfigError(f"batches needs x (N, D) and y (N,) of equal length, got {x.shape} and {y.shape}")
     batch_size = _positive(batch_size, "batch_size")
     total = num_batches(len(x), batch_size, drop_last)
-    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= start <= total:
-        raise ConfigError(f"start must be an integer from 0 to {total} (batches in this pass), got {start!r}")
+    start = validation.integer(start, "start", low=0, high=total, what="batches in this pass")
     if shuffle and not isinstance(rng, np.random.Generator):
         raise ConfigError("shuffle=True needs rng, a numpy.random.Generator (the source of each epoch's order)")
     if augment is not None and not callable(augment):
@@ -86,6 +85,4 @@ def _iterate(x, y, batch_size, shuffle, rng, total, augment, start):
 
 
 def _positive(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return validation.integer(value, name)

@@ -9,7 +9,6 @@ validation and test splits never leak into them. ``normalize=False`` gives ``pix
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Callable
@@ -18,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mlplab import validation
 from mlplab.errors import ConfigError, DataError
 
+#: THE list of normalisations (``--normalization``; config validation reads it from here)
 NORMALIZATIONS = ("published", "train")
 
 #: rows converted at a time; bounds the temporary memory of a load to a few tens of MB
@@ -100,16 +101,11 @@ def resolve_data_dir(data_dir) -> Path:
 
 # -- option checks (ConfigError: nothing has been read yet) ------------------------------------
 def check_int(value, name: str, low: int, high: int, what: str = "") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        hint = f" ({what})" if what else ""
-        raise ConfigError(f"{name} must be an integer from {low:,} to {high:,}{hint}, got {value!r}")
-    return int(value)
+    return validation.integer(value, name, low=low, high=high, what=what)
 
 
 def check_seed(value, name: str = "split_seed") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
+    return validation.integer(value, name, low=0)
 
 
 def resolve_normalization(normalize, normalization) -> str | None:

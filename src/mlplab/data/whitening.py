@@ -20,9 +20,11 @@ import time
 
 import numpy as np
 
-from mlplab.config import WHITENINGS
 from mlplab.data.core import CHUNK_ROWS, DatasetSplits, cache_root, warn
 from mlplab.errors import ConfigError
+
+#: THE list of whitening methods (``--whitening``; config validation reads it from here)
+WHITENINGS = ("none", "per_image", "zca")
 
 
 def per_image_standardize(x: np.ndarray, eps: float = 1e-6) -> None:

@@ -3,16 +3,22 @@
 An element-wise activation y = h(x) has the backward pass dx = dout ⊙ h'(x). Each class keeps
 the cheapest cache that gives h'(x) and evaluates exponentials only where they cannot overflow,
 so no input (even |x| = 1000) raises a floating-point warning.
+
+To add an activation, write its class here (``forward`` caching h'(x) as ``dydx``, ``derivatives``
+giving h' and h'' for the Hessian, ``torch_twin`` naming the ``torch.nn`` module that computes the
+same h) and register it in :data:`ACTIVATIONS`: config validation, ``--activation``, the NumPy and
+the torch MLP, ``mlplab gradcheck`` and the parity, Hessian and gradient tests all read that entry.
+Then name it in the README's option list (tests/test_registries.py compares them).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import numpy as np
 
+from mlplab import validation
 from mlplab.nn.base import Module, check_2d, check_dout, require_cache
 
 
@@ -22,9 +28,7 @@ def _check_input(module: Module, x: np.ndarray) -> None:
 
 
 def _finite_number(value, name: str, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
-    return float(value)
+    return validation.number(value, f"{owner}: {name}", error=ValueError)
 
 
 @functools.cache
@@ -61,6 +65,11 @@ class _Elementwise(Module):
         dydx = require_cache(self, "dydx")
         check_dout(self, dout, dydx.shape)
         return dout * dydx
+
+    def torch_twin(self) -> tuple[str, dict]:
+        """The ``torch.nn`` class computing the same h, by name, and its keyword arguments: what
+        the torch backend builds in this module's place (:func:`mlplab.torch.model.make_activation`)."""
+        return type(self).__name__, {}
 
     # -- the R-operator: docs/hessian.md, "Hessian–vector products: the R-operator" ----------
     def derivatives(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -127,6 +136,9 @@ class ELU(_Elementwise):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
+    def torch_twin(self):
+        return "ELU", {"alpha": self.alpha}
+
     def derivatives(self, x):
         """h' = 1 and h'' = 0 for x > 0; h' = h'' = αeˣ otherwise (h'' jumps at 0: the
         one-sided value the forward pass uses is taken)."""
@@ -163,6 +175,9 @@ class LeakyReLU(_Elementwise):
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
+
+    def torch_twin(self):
+        return "LeakyReLU", {"negative_slope": self.negative_slope}
 
     def derivatives(self, x):
         """h' = 1 for x > 0, else negative_slope; h'' = 0 away from the kink."""
@@ -241,6 +256,9 @@ class GELU(_Elementwise):
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
 
+    def torch_twin(self):
+        return "GELU", {"approximate": self.approximate}
+
     def derivatives(self, x):
         """tanh form, u = c(x + kx³): h'' = sech²u · [u' + ½x(u'' − 2 tanh(u) u'²)], u'' = 6ckx;
         exact form: h' = Φ + xφ, h'' = φ(x)(2 − x²)."""
@@ -282,7 +300,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return shifted
 
 
-ACTIVATIONS = {
+#: name -> activation class: THE list of activations. Config validation, the CLI's choices, both
+#: backends' models (the torch one through each class's ``torch_twin``), the gradient and Hessian
+#: checks and the README read it; a class constructed without arguments is what the name means.
+ACTIVATIONS: dict[str, type[_Elementwise]] = {
     "elu": ELU,
     "relu": ReLU,
     "leaky_relu": LeakyReLU,
@@ -292,9 +313,14 @@ ACTIVATIONS = {
 }
 
 
-def make_activation(name: str) -> Module:
-    """An activation module by name (elu, relu, leaky_relu, tanh, sigmoid, gelu)."""
+def activation_name(name: str) -> str:
+    """``name`` as a key of :data:`ACTIVATIONS` (any case, dashes for underscores), or ValueError."""
     key = str(name).lower().replace("-", "_")
     if key not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[key]()
+    return key
+
+
+def make_activation(name: str) -> Module:
+    """An activation module by name (a key of :data:`ACTIVATIONS`)."""
+    return ACTIVATIONS[activation_name(name)]()

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from mlplab import validation
 from mlplab.nn.base import Module, check_2d, check_dout, require_cache
 
 
 def as_positive_int(value, name: str, owner: str) -> int:
     """``value`` as a Python int if it is a positive integer (NumPy integers included)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
+    return validation.integer(value, f"{owner}: {name}", error=ValueError)
 
 
 def as_generator(rng) -> np.random.Generator:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlplab import validation
 from mlplab.errors import CheckpointError, ConfigError, MlplabError
 from mlplab.sweep._optuna import _optuna, _optuna_quietly
 from mlplab.sweep.queue import _done, _states, plan
@@ -48,8 +49,7 @@ def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int
     """
     spec = make_spec(grid=grid, params=params, sampler=sampler, trials=trials, base_options=options, preset=preset,
                      config_file=config_file, seed=seed, report=report, heartbeat=heartbeat)
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 0:
-        raise ConfigError(f"--jobs must be an integer >= 0, got {jobs!r}")
+    jobs = validation.integer(jobs, "--jobs", low=0)
     out = Path(out) if out is not None else default_out(spec)
     spec["out"] = str(out.resolve())
     url, name = locate(storage, study_name, out)

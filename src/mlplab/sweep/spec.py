@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from mlplab import validation
 from mlplab.config import TrainConfig, resolve_config
 from mlplab.errors import ConfigError, MissingDependencyError
 from mlplab.sweep._optuna import _optuna_quietly
@@ -135,8 +136,7 @@ def make_spec(*, grid=None, params=None, sampler: str | None = None, trials: int
     grid_size = math.prod(len(d.values) for d in dimensions) if search == "grid" else None
     if trials is None:
         trials = grid_size if search == "grid" else DEFAULT_RANDOM_TRIALS
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        raise ConfigError(f"--trials must be a positive integer, got {trials!r}")
+    trials = validation.integer(trials, "--trials")
     if grid_size is not None and trials > grid_size:
         raise ConfigError(f"--trials {trials}: the grid has only {grid_size} point{'s' * (grid_size != 1)}")
     if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat < 1:

@@ -17,11 +17,12 @@ from torch import nn
 from mlplab.config import TrainConfig
 from mlplab.errors import ConfigError
 from mlplab.models import as_seed_sequence
+from mlplab.optim import OPTIMIZERS, optimizer_class
 from mlplab.torch.model import MLP, TORCH_DTYPES, to_numpy
 
-#: per-parameter state arrays of each optimiser, in the names of :mod:`mlplab.optim`
-STATE_NAMES = {"SGD": ("momentum_buffer",), "Adam": ("exp_avg", "exp_avg_sq"), "AdamW": ("exp_avg", "exp_avg_sq")}
-OPTIMIZER_TYPES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+#: per-parameter state arrays of each optimiser, as each :mod:`mlplab.optim` class declares them
+STATE_NAMES = {cls.__name__: cls.state_names for cls in OPTIMIZERS.values()}
+OPTIMIZER_TYPES = {name: cls.__name__ for name, cls in OPTIMIZERS.items()}
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -39,15 +40,12 @@ def resolve_device(name: str = "auto") -> str:
 
 
 def make_torch_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimiser with the update formula of :func:`mlplab.training.backends.make_optimizer`."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay, dampening=0.0)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}")  # pragma: no cover - validated earlier
+    """The ``torch.optim`` optimiser with the update formula of :func:`mlplab.training.backends.make_optimizer`:
+    the registered class's ``torch_name``, with the very keywords the NumPy optimiser gets."""
+    cls = optimizer_class(config.optimizer)
+    if cls.torch_name is None:
+        raise ConfigError(f"--optimizer {config.optimizer} has no torch.optim twin; use --backend numpy")
+    return getattr(torch.optim, cls.torch_name)(params, **cls.settings(config))
 
 
 def _scalar_dtype() -> torch.dtype:

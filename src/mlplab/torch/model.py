@@ -10,6 +10,7 @@ from torch import nn
 
 from mlplab.models import hidden_widths
 from mlplab.nn.activations import ACTIVATIONS
+from mlplab.nn.activations import make_activation as make_numpy_activation
 from mlplab.nn.linear import as_positive_int
 
 #: torch dtypes for the NumPy dtypes mlplab trains in
@@ -18,21 +19,10 @@ NUMPY_DTYPES = {value: key for key, value in TORCH_DTYPES.items()}
 
 
 def make_activation(name: str) -> nn.Module:
-    """The torch module computing what ``mlplab.nn.make_activation(name)`` computes."""
-    key = str(name).lower().replace("-", "_")
-    if key == "elu":
-        return nn.ELU(alpha=1.0)
-    if key == "relu":
-        return nn.ReLU()
-    if key == "leaky_relu":
-        return nn.LeakyReLU(negative_slope=0.01)
-    if key == "tanh":
-        return nn.Tanh()
-    if key == "sigmoid":
-        return nn.Sigmoid()
-    if key == "gelu":
-        return nn.GELU(approximate="tanh")  # the NumPy GELU's default form
-    raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    """The torch module computing what ``mlplab.nn.make_activation(name)`` computes: the
+    ``torch.nn`` class and arguments that the NumPy activation names (its ``torch_twin``)."""
+    class_name, kwargs = make_numpy_activation(name).torch_twin()
+    return getattr(nn, class_name)(**kwargs)
 
 
 class Dropout(nn.Module):

@@ -21,18 +21,13 @@ from mlplab.errors import ConfigError, MissingDependencyError
 from mlplab.fast.step import FusedStep
 from mlplab.models import MLP
 from mlplab.nn import SoftmaxCrossEntropy
-from mlplab.optim import SGD, Adam, AdamW, Optimizer
+from mlplab.optim import Optimizer, optimizer_class
 
 
 def make_optimizer(config: TrainConfig, params) -> Optimizer:
-    """The NumPy optimiser ``config`` asks for, over ``(param, grad)`` pairs."""
-    if config.optimizer == "sgd":
-        return SGD(params, config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return Adam(params, config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return AdamW(params, config.lr, weight_decay=config.weight_decay)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}")  # pragma: no cover - validated earlier
+    """The NumPy optimiser ``config`` asks for, over ``(param, grad)`` pairs (see :data:`mlplab.optim.OPTIMIZERS`)."""
+    cls = optimizer_class(config.optimizer)
+    return cls(params, **cls.settings(config))
 
 
 def build_model(config: TrainConfig, n_inputs: int, n_classes: int, seed, dtype=None) -> MLP:

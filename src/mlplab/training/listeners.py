@@ -183,9 +183,12 @@ class RunFolderListener:
 
 def _optimizer_copies(config) -> int:
     """Optimiser state arrays kept per parameter: a momentum buffer, or Adam's two moments."""
-    if config.optimizer in ("adam", "adamw"):
-        return 2
-    return 1 if config.momentum else 0
+    from mlplab.optim import optimizer_class  # local: keeps this edit out of the import block
+
+    cls = optimizer_class(config.optimizer)
+    if "momentum" in cls.options and not config.momentum:
+        return 0  # SGD without momentum keeps no buffer
+    return len(cls.state_names)
 
 
 def checkpoint_sizes(trainer) -> tuple[int, int]:
