@@ -15,8 +15,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlplab.nn import (
-    ELU, GELU, BatchNorm1d, CrossEntropy, Dropout, LeakyReLU, Linear, Module, ReLU, Residual,
-    Sequential, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh,
+    ELU,
+    GELU,
+    BatchNorm1d,
+    CrossEntropy,
+    Dropout,
+    LeakyReLU,
+    Linear,
+    Module,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    SoftmaxCrossEntropy,
+    Tanh,
 )
 
 DEFAULT_TOLERANCE = 1e-6

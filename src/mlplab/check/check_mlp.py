@@ -105,7 +105,7 @@ def expected_calls(n_inputs: int, n_hidden: list[int], n_classes: int) -> list[s
     for index, hidden in enumerate(n_hidden):
         calls += [f"Linear({width} → {hidden}{', input_layer=True' if index == 0 else ''})", "ELU"]
         width = hidden
-    return calls + [f"Linear({width} → {n_classes}{'' if n_hidden else ', input_layer=True'})", "Softmax"]
+    return [*calls, f"Linear({width} → {n_classes}{'' if n_hidden else ', input_layer=True'})", "Softmax"]
 
 
 def structure_difference(built: Built, n_inputs: int, n_hidden: list[int], n_classes: int) -> str | None:
