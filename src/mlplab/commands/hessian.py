@@ -232,12 +232,13 @@ def _trace(operator, samples: int, seed, timing: dict, say) -> dict:
 def _density(operator, run_dir: Path, vectors: int, steps: int, seed, title: str, timing: dict, say) -> dict:
     from mlplab import hessian as hs
     from mlplab.errors import CheckpointError, StorageError
+    from mlplab.plots import plot_density
 
     phase = time.perf_counter()
     sld = hs.spectral_density(operator, operator.dim, vectors=vectors, steps=steps, seed=seed)
     png = run_dir / DENSITY_NAME
     try:
-        hs.plot_density(sld, png, title=title)
+        plot_density(sld, png, title=title)
     except StorageError:  # already one line naming the file and the cause
         raise
     except OSError as exc:
