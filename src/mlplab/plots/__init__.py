@@ -20,10 +20,10 @@ One module per subject, each importing only :mod:`~mlplab.plots.base` (and NumPy
 - ``hessian``: the Hessian's spectral density, from anything with ``nodes`` and ``curve()``.
 
 A new figure goes into the module of its subject (or a new one), is re-exported here and takes
-``path=None`` and returns the figure, like the others. This package imports nothing of mlplab
-outside it, and the modules that measure (metrics, gradflow, hessian) do not import it: the
-commands and the report call both. The one exception is :mod:`mlplab.sweep.results`, which
-draws sweep.png as part of writing a sweep's results.
+``path=None`` and returns the figure, like the others. Figures take plain data, so this package
+imports no tool (sweep, hessian, gradflow, report) and the modules that measure (metrics,
+gradflow, hessian) do not import it: the commands and the report call both. The one exception
+is :mod:`mlplab.sweep.results`, which draws sweep.png as part of writing a sweep's results.
 """
 
 from mlplab.plots.base import DPI, save_figure
