@@ -72,9 +72,9 @@ def check_options(*, seed: int, samples: int, top: int, bottom: int, trace_sampl
         if value < low:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
             raise ConfigError(f"{flag} must be {what}, got {value}")
-    for flag, value in (("--tol", tol), ("--lanczos-tol", lanczos_tol)):
-        if not (math.isfinite(value) and 0 < value < 1):
-            raise ConfigError(f"{flag} must lie between 0 and 1, got {value:g}")
+    for flag, fraction in (("--tol", tol), ("--lanczos-tol", lanczos_tol)):
+        if not (math.isfinite(fraction) and 0 < fraction < 1):
+            raise ConfigError(f"{flag} must lie between 0 and 1, got {fraction:g}")
 
 
 def _load(run_dir: Path, split: str, data_dir):

@@ -49,7 +49,11 @@ class RandomCropFlip:
     one ``random`` draw of B flip coins. The batch is modified in place when it is C-contiguous.
     """
 
-    def __init__(self, image_shape, padding: int = 4, flip: bool = True, rng=None):
+    padding: int
+    flip: bool
+    rng: np.random.Generator
+
+    def __init__(self, image_shape, padding: int = 4, flip: bool = True, rng=None) -> None:
         self.image_shape = _image_shape(image_shape)
         if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
             raise ConfigError(f"padding must be a non-negative integer, got {padding!r}")
