@@ -215,8 +215,8 @@ def test_plots_return_figures_that_render_as_png(result):
 
 def test_gradient_flow_and_spectral_density_figures_render_as_png():
     pytest.importorskip("matplotlib")
-    from mlplab.hessian import SpectralDensity, plot_density
-    from mlplab.plots import plot_gradient_flow
+    from mlplab.hessian import SpectralDensity
+    from mlplab.plots import plot_density, plot_gradient_flow
 
     flow = {"dataset": "digits", "depth": 2, "width": 8, "activation": "sigmoid", "batch_size": 16, "seed": 0,
             "layers": [2, 1], "plain": {"input_grad_norms": [1e-1, 1e-3], "first_over_last": 1e-2},

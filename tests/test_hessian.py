@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlplab import hessian as hs
+from mlplab import plots
 from mlplab.cli import main
 from mlplab.gradcheck import relative_error
 from mlplab.models import MLP
@@ -222,7 +223,7 @@ def test_spectral_density_is_a_quadrature_of_the_spectrum():
     assert np.mean(np.sum(density.weights * density.nodes, axis=1)) == pytest.approx(np.trace(matrix) / 50, abs=0.5)
     grid = np.linspace(-2, 5, 2001)
     assert np.trapezoid(density.curve(grid, 0.1), grid) == pytest.approx(1.0, abs=1e-3)
-    fig = hs.plot_density(density)
+    fig = plots.plot_density(density)
     assert fig.axes[0].get_yscale() == "log"
 
 

@@ -277,3 +277,27 @@ def test_the_notebook_figure_class_is_one_class_under_both_names():
     fig = plots.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}])
     assert type(fig) is base.InlineFigure is display.InlineFigure
     assert fig._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_sweep_figure_draws_plain_panels(tmp_path):
+    """plot_sweep from plain panel dicts: a listed option puts each trial at its value's tick (the
+    best trial starred there; True is not 1), a range option at its value, on a log axis for lr; failed trials
+    are left out and counted."""
+    panels = [
+        {"name": "activation", "flag": "activation", "kind": "choice", "values": ("relu", 1, True),
+         "labels": ("relu", "1", "true"), "low": None, "high": None},
+        {"name": "lr", "flag": "lr", "kind": "float", "values": (), "labels": (), "low": 1e-3, "high": 1e-1},
+    ]
+    rows = [{"trial": 0, "activation": 1, "lr": 0.01, "val_accuracy": 0.8},
+            {"trial": 1, "activation": True, "lr": 0.002, "val_accuracy": 0.6},
+            {"trial": 2, "activation": "relu", "lr": 0.05, "val_accuracy": None}]
+    fig = plots.plot_sweep(rows, panels, tmp_path / "sweep.png", best=rows[0])
+    first, second = fig.axes[:2]
+    trials, best = first.collections
+    np.testing.assert_array_equal(trials.get_offsets(), [[1, 0.8], [2, 0.6]])
+    np.testing.assert_array_equal(best.get_offsets(), [[1, 0.8]])
+    assert [t.get_text() for t in first.get_xticklabels()] == ["relu", "1", "true"]
+    assert first.get_title() == "1 failed trial not shown"
+    np.testing.assert_allclose(second.collections[0].get_offsets(), [[0.01, 0.8], [0.002, 0.6]])
+    assert second.get_xscale() == "log"
+    assert png_size(tmp_path / "sweep.png") == expected_size(fig.get_size_inches())

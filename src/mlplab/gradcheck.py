@@ -15,8 +15,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlplab.nn import (
-    ELU, GELU, BatchNorm1d, CrossEntropy, Dropout, LeakyReLU, Linear, Module, ReLU, Residual,
-    Sequential, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh,
+    ELU,
+    GELU,
+    BatchNorm1d,
+    CrossEntropy,
+    Dropout,
+    LeakyReLU,
+    Linear,
+    Module,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    SoftmaxCrossEntropy,
+    Tanh,
 )
 from mlplab.nn.activations import ACTIVATIONS
 
@@ -117,7 +130,7 @@ def check_module(module: Module, x: np.ndarray, *, seed: int = 0, h: float = 1e-
     return results
 
 
-def check_loss(loss_module: Module, inputs: np.ndarray, labels, *, h: float = 1e-6,
+def check_loss(loss_module: CrossEntropy | SoftmaxCrossEntropy, inputs: np.ndarray, labels, *, h: float = 1e-6,
                tol: float = DEFAULT_TOLERANCE, name: str | None = None) -> CheckResult:
     """Check a loss's stateless ``backward(inputs, labels)`` against finite differences."""
     name = name or type(loss_module).__name__
@@ -127,7 +140,7 @@ def check_loss(loss_module: Module, inputs: np.ndarray, labels, *, h: float = 1e
     return _result(name, "input", analytic, numeric, tol)
 
 
-def check_model(model: Module, x: np.ndarray, labels, loss_module: Module | None = None, *, h: float = 1e-6,
+def check_model(model: Module, x: np.ndarray, labels, loss_module: CrossEntropy | SoftmaxCrossEntropy | None = None, *, h: float = 1e-6,
                 tol: float = DEFAULT_TOLERANCE, name: str | None = None) -> list[CheckResult]:
     """Check a whole model followed by a loss: dL/dx and dL/dθ for every parameter θ."""
     name = name or type(model).__name__
@@ -182,7 +195,7 @@ def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE) -> list[CheckResult]:
 
     xm = rng.standard_normal((8, 6))
     ym = rng.integers(0, 3, size=8)
-    variants = [("MLP", {})]
+    variants: list[tuple[str, dict]] = [("MLP", {})]
     variants += [(f"MLP[{a}]", {"activation": a}) for a in ACTIVATIONS if a != "elu"]  # elu: the default MLP
     variants += [
         ("MLP[batch_norm]", {"use_batch_norm": True}),

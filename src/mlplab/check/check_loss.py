@@ -95,11 +95,11 @@ def check(probe: Probe, cls) -> Labels:
         work = probs.copy()
         index = sample_indices(work.shape, FD_ENTRIES, rng)
 
-        def loss(module=module, work=work, given=given):
+        def loss_at(module=module, work=work, given=given):
             return float(np.asarray(module.forward(work.copy(), given), dtype=np.float64).reshape(-1)[0])
 
         try:
-            numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences, loss, work, index)
+            numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences, loss_at, work, index)
         except LearnerError as exc:
             rows["fd"].fail(tagged(tag, exc), kind="error")
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from mlplab.check.cache import check_cache
 from mlplab.check.check_linear import grad_arrays, param_arrays
 from mlplab.check.context import LearnerError, Probe
 from mlplab.check.diagnose import mismatch
-from mlplab.nn import ELU, Linear, Sequential, Softmax
+from mlplab.nn import ELU, Linear, Module, Sequential, Softmax
 
 NAME = "MLP"
 N_INPUTS, N_HIDDEN, N_CLASSES, BATCH = 20, [16, 12], 5, 8
@@ -28,7 +29,7 @@ KINDS = {"LinearModule": "Linear", "ELUModule": "ELU", "SoftMaxModule": "Softmax
 class Built:
     """A learner MLP and the module calls its forward made."""
 
-    mlp: object
+    mlp: Any  # the learner's object, used by duck typing
     calls: list = field(default_factory=list)  # (kind, instance, constructor arguments)
 
     def linears(self):
@@ -46,7 +47,7 @@ def _arguments(init, instance, args, kwargs) -> list:
 
 def build(probe: Probe, mlp_cls, classes: dict, n_inputs: int, n_hidden: list[int], n_classes: int, x) -> Built:
     """Construct the learner's MLP and run one forward on ``x``, recording the module calls."""
-    made: dict[int, tuple[str, object, list]] = {}
+    made: dict[int, tuple[str, Any, list]] = {}
     saved = {}
     for class_name, cls in classes.items():
         init = cls.__init__
@@ -93,7 +94,8 @@ def build(probe: Probe, mlp_cls, classes: dict, n_inputs: int, n_hidden: list[in
 
 def describe(kind: str, instance, args) -> str:
     if kind == "Linear":
-        shape = np.shape(getattr(instance, "params", {}).get("weight"))
+        weight = getattr(instance, "params", {}).get("weight")
+        shape: tuple[int, ...] = np.shape(weight) if weight is not None else ()
         flag = bool(args[2]) if len(args) > 2 else False
         width = f"{shape[1]} → {shape[0]}" if len(shape) == 2 else "?"
         return f"Linear({width}{', input_layer=True' if flag else ''})"
@@ -105,7 +107,7 @@ def expected_calls(n_inputs: int, n_hidden: list[int], n_classes: int) -> list[s
     for index, hidden in enumerate(n_hidden):
         calls += [f"Linear({width} → {hidden}{', input_layer=True' if index == 0 else ''})", "ELU"]
         width = hidden
-    return calls + [f"Linear({width} → {n_classes}{'' if n_hidden else ', input_layer=True'})", "Softmax"]
+    return [*calls, f"Linear({width} → {n_classes}{'' if n_hidden else ', input_layer=True'})", "Softmax"]
 
 
 def structure_difference(built: Built, n_inputs: int, n_hidden: list[int], n_classes: int) -> str | None:
@@ -122,7 +124,7 @@ def structure_difference(built: Built, n_inputs: int, n_hidden: list[int], n_cla
 
 def reference_chain(built: Built) -> Sequential:
     """mlplab modules in the learner's order, holding the learner's current weights."""
-    layers = []
+    layers: list[Module] = []
     for kind, instance, args in built.calls:
         if kind == "Linear":
             weight = np.asarray(instance.params["weight"], dtype=np.float64)

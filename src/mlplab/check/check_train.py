@@ -8,6 +8,8 @@ whose losses differ by more than rounding.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mlplab.check import check_mlp
@@ -28,7 +30,7 @@ def check(probe: Probe, mlp_cls, classes: dict, ce_cls, labels_as) -> None:
     from mlplab.nn import SoftmaxCrossEntropy
 
     row = probe.row("training", f"{STEPS} SGD steps on digits (lr {LR}, batch {BATCH}) against mlplab")
-    record = {"type": "train", "steps": STEPS, "batch": BATCH, "lr": LR, "hidden": HIDDEN,
+    record: dict[str, Any] = {"type": "train", "steps": STEPS, "batch": BATCH, "lr": LR, "hidden": HIDDEN,
               "mlplab": [], "yours": [], "parted_at": None, "error": None}
     splits = load_digits(progress=False)
     x_all, y_all = splits.train.x.astype(np.float64), splits.train.y

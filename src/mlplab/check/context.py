@@ -69,7 +69,7 @@ class Row:
 class Probe:
     def __init__(self, folder: Path, out_path: Path, seed: int):
         self.folder = Path(folder).resolve()
-        self.out = open(out_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the probe's whole life
+        self.out = open(out_path, "a", encoding="utf-8")  # open for the probe's whole life, closed by close()
         self.seed = seed
         self.seed_sequence = np.random.SeedSequence(seed)
         self.failed_modules: set[str] = set()

@@ -124,8 +124,8 @@ def format_text(result: dict) -> str:
     cell = max(len(str(largest)), 5)
     header = f"{corner:<{label_width}}" + "".join(f" {name[:cell]:>{cell}}" for name in names)
     lines.append(header)
-    for name, row in zip(names, cm):
-        lines.append(f"{name:<{label_width}}" + "".join(f" {v:>{cell}}" for v in row))
+    for name, counts in zip(names, cm):
+        lines.append(f"{name:<{label_width}}" + "".join(f" {v:>{cell}}" for v in counts))
     lines.append("")
 
     keys = list(result["f_beta"])

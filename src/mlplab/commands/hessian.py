@@ -72,9 +72,9 @@ def check_options(*, seed: int, samples: int, top: int, bottom: int, trace_sampl
         if value < low:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
             raise ConfigError(f"{flag} must be {what}, got {value}")
-    for flag, value in (("--tol", tol), ("--lanczos-tol", lanczos_tol)):
-        if not (math.isfinite(value) and 0 < value < 1):
-            raise ConfigError(f"{flag} must lie between 0 and 1, got {value:g}")
+    for flag, fraction in (("--tol", tol), ("--lanczos-tol", lanczos_tol)):
+        if not (math.isfinite(fraction) and 0 < fraction < 1):
+            raise ConfigError(f"{flag} must lie between 0 and 1, got {fraction:g}")
 
 
 def _load(run_dir: Path, split: str, data_dir):
@@ -232,12 +232,13 @@ def _trace(operator, samples: int, seed, timing: dict, say) -> dict:
 def _density(operator, run_dir: Path, vectors: int, steps: int, seed, title: str, timing: dict, say) -> dict:
     from mlplab import hessian as hs
     from mlplab.errors import CheckpointError, StorageError
+    from mlplab.plots import plot_density
 
     phase = time.perf_counter()
     sld = hs.spectral_density(operator, operator.dim, vectors=vectors, steps=steps, seed=seed)
     png = run_dir / DENSITY_NAME
     try:
-        hs.plot_density(sld, png, title=title)
+        plot_density(sld, png, title=title)
     except StorageError:  # already one line naming the file and the cause
         raise
     except OSError as exc:

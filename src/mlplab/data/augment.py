@@ -48,7 +48,11 @@ class RandomCropFlip:
     one ``random`` draw of B flip coins. The batch is modified in place when it is C-contiguous.
     """
 
-    def __init__(self, image_shape, padding: int = 4, flip: bool = True, rng=None):
+    padding: int
+    flip: bool
+    rng: np.random.Generator
+
+    def __init__(self, image_shape, padding: int = 4, flip: bool = True, rng=None) -> None:
         self.image_shape = _image_shape(image_shape)
         self.padding = validation.integer(padding, "padding", low=0)
         self.flip = bool(flip)

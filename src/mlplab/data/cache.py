@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def discard(path: Path) -> None:
 
 
 # -- .npy files written piecewise and read in row chunks without memory-mapping -----------------
-def open_npy_writer(path: Path, shape: tuple[int, ...], dtype) -> tuple[object, int]:
+def open_npy_writer(path: Path, shape: tuple[int, ...], dtype) -> tuple[BinaryIO, int]:
     """An open file with an .npy header for a C-order array, and the byte offset of its data."""
     handle = open(path, "wb")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
@@ -127,7 +128,7 @@ class NpyRows:
             self.buffer = np.empty((stop - start, self.shape[1]), self.dtype)
         out = self.buffer[: stop - start]
         self.handle.seek(self.offset + start * self.shape[1] * self.dtype.itemsize)
-        if self.handle.readinto(memoryview(out).cast("B")) != out.nbytes:
+        if self.handle.readinto(out.data.cast("B")) != out.nbytes:
             raise OSError(f"{self.handle.name}: unexpected end of file")
         return out
 

@@ -246,7 +246,7 @@ class _Decoder:
             handle, offset = self.train_file, self.train_offset + i * IMAGES_PER_BATCH * FEATURES
             out = self.train_y[i * IMAGES_PER_BATCH:(i + 1) * IMAGES_PER_BATCH]
         handle.seek(offset)
-        handle.write(memoryview(data).cast("B"))
+        handle.write(data.data.cast("B"))
         out[...] = labels
         self.seen.add(name)
 
@@ -342,7 +342,10 @@ def _decode_archive(path: Path, decoder: _Decoder, wanted: set[str]) -> None:
                     if member.size > MAX_MEMBER_BYTES:
                         raise DataError(f"{path}: {member.name} is {member.size:,} bytes, "
                                         f"too large for a CIFAR-10 batch")
-                    decoder.add(name, tar.extractfile(member).read())
+                    payload = tar.extractfile(member)
+                    if payload is None:  # tarfile gives no reader for links and devices
+                        raise DataError(f"{path}: {member.name} cannot be read")
+                    decoder.add(name, payload.read())
             while unzipped.read(1 << 20):  # to the end, so that the CRC is checked
                 pass
 
@@ -395,8 +398,10 @@ def _parse_batch(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _class_names(payload: bytes) -> list[str] | None:
     try:
-        names = unpickle_arrays(payload, META_NAME, "CIFAR-10 batch").get("label_names")
-        names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+        raw = unpickle_arrays(payload, META_NAME, "CIFAR-10 batch").get("label_names")
+        if raw is None:
+            return None
+        names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw]
     except (DataError, TypeError, AttributeError, UnicodeDecodeError):
         return None
     return names if len(names) == 10 else None

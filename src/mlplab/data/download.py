@@ -52,7 +52,9 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
     # bar without ipywidgets (the text bar's carriage returns would pile up in the output).
     bar_class = progress_bar_class(tty=True)
     if bar_class is None:
-        from tqdm import tqdm as bar_class
+        from tqdm import tqdm
+
+        bar_class = tqdm
 
         progress = False
 

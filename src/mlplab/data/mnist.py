@@ -14,6 +14,7 @@ import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ LABELS_MAGIC = 0x00000801  # unsigned bytes, one dimension
 
 #: per data set: download mirrors (``env`` overrides them with one base URL), official MD5s,
 #: class names, published statistics (units of pixel / 255) and the folder names searched
-FLAVOURS = {
+FLAVOURS: dict[str, dict[str, Any]] = {
     "mnist": {
         "title": "MNIST",
         "mirrors": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),

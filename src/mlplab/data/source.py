@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,9 +90,9 @@ class DataSource:
     #: () -> (how many rows validation may take at most + 1, why): checked before anything is read
     validation_room: Callable[[], tuple[int, str]]
     #: (root, download, progress) -> whatever ``decode`` needs (raises DataError when absent)
-    locate: Callable[[Path, bool, bool], object]
+    locate: Callable[[Path, bool, bool], Any]
     #: (located, rebuild) -> Decoded; ``rebuild`` asks to decode again rather than trust a cache entry
-    decode: Callable[[object, bool], Decoded]
+    decode: Callable[[Any, bool], Decoded]
     #: (train labels, validation_size, split_seed) -> (train, validation, test or None) sorted indices
     split: Callable = default_split
 
@@ -203,8 +204,8 @@ def _convert(source: DataSource, decoded: Decoded, validation_size: int, split_s
             arrays, saved = found
             mean = None if saved.get("mean") is None else np.asarray(saved["mean"], np.float64)
             std = None if saved.get("std") is None else np.asarray(saved["std"], np.float64)
-            xs = (arrays["train_x"], arrays["val_x"], arrays["test_x"])
-            return tuple(zip(xs, ys, strict=True)), (mean, std), True
+            stored = (arrays["train_x"], arrays["val_x"], arrays["test_x"])
+            return tuple(zip(stored, ys, strict=True)), (mean, std), True
 
     with _reader(decoded.train_x, (n_train, width), "train_x") as rows:
         if mode == "train":
@@ -216,6 +217,7 @@ def _convert(source: DataSource, decoded: Decoded, validation_size: int, split_s
         pool = [train_idx, val_idx] if separate_test else [train_idx, val_idx, test_idx]
         xs = assemble(rows, n_train, pool, channels, source.pixel_max, mean, std)
     if separate_test:
+        assert decoded.test_x is not None  # separate_test means the data set decoded its own test rows
         with _reader(decoded.test_x, (len(test_y), width), "test_x") as rows:
             xs += assemble(rows, len(test_y), [np.arange(len(test_y))], channels, source.pixel_max, mean, std)
     if decoded.entry is not None and decoded.save_prepared:

@@ -100,6 +100,7 @@ def whiten(data: DatasetSplits, method: str = "none", *, zca_epsilon: float = 0.
                 atomic_write(path, lambda f: np.savez(f, mean=mean, w=w))
             except OSError as exc:
                 warn(f"could not cache the ZCA matrix in {path.parent}: {exc.strerror or exc}")
+    assert mean is not None and w is not None  # read from the cache or fitted just above
     for split in splits:
         apply_zca(split.x, mean, w)
     data.info = {**(data.info or {}), "whitening": "zca", "zca_epsilon": zca_epsilon, "zca_cached": cached,

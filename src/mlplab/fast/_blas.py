@@ -23,7 +23,6 @@ import os
 
 import numpy as np
 
-
 _I64, _POINTER = ctypes.c_int64, ctypes.c_void_p
 # CBLAS's enumerations (plain C ints, also in the 64-bit integer interface)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -130,7 +129,7 @@ class Axpy:
     flags cost ~3.7 µs a call, more than the whole BLAS update of a bias vector (~1 µs).
     The plan holds both arrays, so the pointers stay valid as long as it lives."""
 
-    __slots__ = ("x", "y", "function", "n", "x_ptr", "y_ptr")
+    __slots__ = ("function", "n", "x", "x_ptr", "y", "y_ptr")
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         self.x, self.y = x, y

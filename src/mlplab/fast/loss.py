@@ -1,7 +1,7 @@
 """Softmax cross-entropy and its gradient (p − t)/S from one softmax pass, for training.
 
 The same quantities as :meth:`mlplab.nn.SoftmaxCrossEntropy.forward_backward` (the textbook
-form, docs/backprop.md "Softmax and cross-entropy"), computed with fewer passes and Python calls:
+form, docs/backprop.md, "Softmax and cross-entropy together"), computed with fewer passes and Python calls:
 see the package docstring of :mod:`mlplab.fast` for what each trick saves.
 """
 

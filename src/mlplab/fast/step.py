@@ -32,7 +32,7 @@ class FusedStep:
     """``step(x, y, lr) -> (loss, logits)``: one training step of ``model`` (an MLP or any tree of
     Sequential / Residual / modules) with ``loss`` and ``optimizer``, updating in place."""
 
-    def __init__(self, model: Module, loss: SoftmaxCrossEntropy, optimizer: Optimizer):
+    def __init__(self, model: MLP | Sequential, loss: SoftmaxCrossEntropy, optimizer: Optimizer):
         self.model, self.optimizer = model, optimizer
         self.loss = FastSoftmaxCrossEntropy(loss)
         weights = {id(module.params["weight"]): module for _, module in model.named_modules()
@@ -90,7 +90,7 @@ class FusedStep:
         raise TypeError(f"FusedStep: cannot walk the backward pass of {type(module).__name__}")
 
     @staticmethod
-    def _fused_linear(layer: Linear, dout: np.ndarray, need_input_grad: bool, lr: float):
+    def _fused_linear(layer: Module, dout: np.ndarray, need_input_grad: bool, lr: float):
         """Linear.backward's db and dX, then W ← W − lr·dYᵀX without writing dW out."""
         x = require_cache(layer, "x")
         weight = layer.params["weight"]

@@ -110,7 +110,7 @@ class Updater:
                 s1 += g
                 g = s1
             m, v = opt.state["exp_avg"][index], opt.state["exp_avg_sq"][index]
-            if m is None:
+            if m is None or v is None:  # both are made on the first step
                 m = opt.state["exp_avg"][index] = np.zeros_like(p)
                 v = opt.state["exp_avg_sq"][index] = np.zeros_like(p)
             m *= beta1

@@ -6,8 +6,9 @@ eigenvalues, its trace, its spectral density and a verdict on the kind of critic
   :mod:`mlplab.nn` supplies beside its backward (or by finite differences where one has none);
 - :mod:`~mlplab.hessian.lanczos`: :func:`lanczos_extremes`, both ends of the spectrum;
 - :mod:`~mlplab.hessian.spectrum`: :func:`hutchinson_trace` and :func:`spectral_density`;
-- :mod:`~mlplab.hessian.verdict`: :func:`classify`, minimum or saddle;
-- :mod:`~mlplab.hessian.plot`: :func:`plot_density`, the figure.
+- :mod:`~mlplab.hessian.verdict`: :func:`classify`, minimum or saddle.
+
+Its figure, :func:`mlplab.plots.plot_density`, lives with the other figures in :mod:`mlplab.plots`.
 """
 
 from mlplab.hessian.hvp import (
@@ -22,7 +23,6 @@ from mlplab.hessian.lanczos import (
     MatVec,
     lanczos_extremes,
 )
-from mlplab.hessian.plot import plot_density
 from mlplab.hessian.spectrum import (
     SpectralDensity,
     TraceEstimate,
@@ -45,6 +45,5 @@ __all__ = [
     "hutchinson_trace",
     "lanczos_extremes",
     "missing_exact_product",
-    "plot_density",
     "spectral_density",
 ]

@@ -192,6 +192,7 @@ class ModelHessian:
         for tape in self._tapes:
             direction.rx = {}
             rlogits = self.model.r_forward(None, tape, direction)
+            assert rlogits is not None  # the model's R-forward always ends in logits
             rdlogits = SoftmaxCrossEntropy.r_gradient(tape["probs"], rlogits, total)
             self.model.r_backward(rdlogits, tape, direction, need_input_grad=False)
         return out
@@ -222,7 +223,7 @@ class ModelHessian:
 def _snapshot_state(model: Module) -> list:
     """Buffers and dropout generator states, restored before each gradient so that train-mode
     batch norm and dropout see the same statistics and masks at every parameter value."""
-    saved = []
+    saved: list[tuple] = []
     for _, module in model.named_modules():
         for key, value in module.buffers.items():
             saved.append((module.buffers, key, np.array(value, copy=True)))

@@ -15,13 +15,15 @@ One module per subject, each importing only :mod:`~mlplab.plots.base` (and NumPy
 - ``gradflow``: per-layer gradients during training and the gradient flow at initialisation.
 - ``compare``: several runs on shared axes (the NumPy-vs-PyTorch comparison).
 - ``jobs``: :class:`~mlplab.plots.jobs.FigureJobs`, the report's figures drawn in parallel.
-- ``sweep`` (to come): the sweep's figure, today ``plot_sweep`` in ``mlplab.sweep``.
-- ``hessian`` (to come): the spectral density, today ``plot_density`` in ``mlplab.hessian``.
+- ``sweep``: validation accuracy against each swept option (sweep.png), from plain panel
+  descriptions that :func:`mlplab.sweep.results.sweep_panels` prepares.
+- ``hessian``: the Hessian's spectral density, from anything with ``nodes`` and ``curve()``.
 
 A new figure goes into the module of its subject (or a new one), is re-exported here and takes
-``path=None`` and returns the figure, like the others. The modules that measure (metrics,
-gradflow, hessian, sweep) do not import this package: the commands and the report call both
-(hessian and sweep still do, for ``save_figure``, until their figures move here).
+``path=None`` and returns the figure, like the others. Figures take plain data, so this package
+imports no tool (sweep, hessian, gradflow, report) and the modules that measure (metrics,
+gradflow, hessian) do not import it: the commands and the report call both. The one exception
+is :mod:`mlplab.sweep.results`, which draws sweep.png as part of writing a sweep's results.
 """
 
 from mlplab.plots.base import DPI, save_figure
@@ -33,6 +35,7 @@ from mlplab.plots.gradflow import (
     plot_gradient_flow,
     plot_gradients,
 )
+from mlplab.plots.hessian import plot_density
 from mlplab.plots.metrics import (
     ANNOTATE_MAX_CLASSES,
     CONFUSION_SIZE,
@@ -40,6 +43,7 @@ from mlplab.plots.metrics import (
     plot_confusion,
     plot_per_class,
 )
+from mlplab.plots.sweep import LOG_AXIS_OPTIONS, plot_sweep
 from mlplab.plots.training import (
     CURVES_SIZE,
     LOSS_STEPS_QUANTILE,
@@ -55,8 +59,8 @@ from mlplab.plots.training import (
 
 __all__ = [
     "ANNOTATE_MAX_CLASSES", "CONFUSION_SIZE", "CURVES_SIZE", "DPI", "GRADIENTS_INPUT_SIZE", "GRADIENTS_SIZE",
-    "GRADIENT_FLOW_SIZE", "LOSS_STEPS_QUANTILE", "LOSS_STEPS_SETTLED", "LOSS_STEPS_SIZE", "PER_CLASS_SIZE",
+    "GRADIENT_FLOW_SIZE", "LOG_AXIS_OPTIONS", "LOSS_STEPS_QUANTILE", "LOSS_STEPS_SETTLED", "LOSS_STEPS_SIZE", "PER_CLASS_SIZE",
     "RUNS_SIZE", "epoch_ends", "fractional_epochs", "loss_axis_limits", "plot_confusion", "plot_curves",
-    "plot_gradient_flow", "plot_gradients", "plot_loss_steps", "plot_per_class", "plot_runs", "read_logs",
+    "plot_density", "plot_gradient_flow", "plot_gradients", "plot_loss_steps", "plot_per_class", "plot_runs", "plot_sweep", "read_logs",
     "read_run_curves", "save_figure", "smooth",
 ]

@@ -36,8 +36,8 @@ validation accuracy only; test accuracy is recorded and reported, never compared
 **The map** (each file holds one idea; arrows point to what a file imports)::
 
     run.py        run_sweep: create or resume the study, start workers, write the results
-      -> results.py   results.csv rows, the best trial, sweep.json, the printed table
-           -> plot.py      sweep.png
+      -> results.py   results.csv rows, the best trial, sweep.json, the printed table; sweep.png is
+                      drawn by mlplab.plots.plot_sweep from the plain panels of sweep_panels()
       -> worker.py    one worker's loop; N worker processes on one machine
            -> objective.py one trial: train its configuration into its run folder
       -> storage.py   opening the study's database; error lines; the storage URL
@@ -53,7 +53,6 @@ Training, configuration and errors come from :mod:`mlplab.training`, :mod:`mlpla
 from __future__ import annotations
 
 from mlplab.sweep.objective import FOLDER_ABBREVIATIONS, Objective, trial_folder_name
-from mlplab.sweep.plot import LOG_AXIS_OPTIONS, plot_sweep
 from mlplab.sweep.queue import plan
 from mlplab.sweep.results import (
     RESULT_COLUMNS_AFTER,
@@ -62,6 +61,7 @@ from mlplab.sweep.results import (
     best_row,
     collect_rows,
     format_results,
+    sweep_panels,
     write_results,
 )
 from mlplab.sweep.run import join_command, run_sweep
@@ -111,4 +111,4 @@ from mlplab.sweep.worker import (
 )
 
 #: the names other code uses; ``_random_draws`` stays importable for the tests that check the draws
-__all__ = ['DEFAULT_HEARTBEAT', 'DEFAULT_RANDOM_TRIALS', 'DRIVER_PACKAGES', 'FOLDER_ABBREVIATIONS', 'LOG_AXIS_OPTIONS', 'MACHINE_OPTIONS', 'NOT_SWEPT', 'POSTGRES_DRIVERS', 'POSTGRES_EXTRA', 'RESULT_COLUMNS_AFTER', 'RESULT_COLUMNS_BEFORE', 'SPEC_KEY', 'SPEC_VERSION', 'STORAGE_VARIABLE', 'THREAD_VARIABLES', 'TRACKING_OPTIONS', 'WAIT_POLL_SECONDS', 'Dimension', 'Objective', 'SweepResult', '_random_draws', 'best_row', 'collect_rows', 'default_out', 'default_storage', 'engine_url', 'format_results', 'grid_dimension', 'grid_points', 'join_command', 'locate', 'make_spec', 'open_storage', 'param_dimension', 'parse_grid', 'parse_params', 'parse_value', 'plan', 'planned_params', 'plot_sweep', 'read_spec', 'redact', 'run_processes', 'run_sweep', 'run_worker', 'slot_order', 'spec_digest', 'trial_folder_name', 'worker_environment', 'worker_threads', 'write_results']
+__all__ = ['DEFAULT_HEARTBEAT', 'DEFAULT_RANDOM_TRIALS', 'DRIVER_PACKAGES', 'FOLDER_ABBREVIATIONS', 'MACHINE_OPTIONS', 'NOT_SWEPT', 'POSTGRES_DRIVERS', 'POSTGRES_EXTRA', 'RESULT_COLUMNS_AFTER', 'RESULT_COLUMNS_BEFORE', 'SPEC_KEY', 'SPEC_VERSION', 'STORAGE_VARIABLE', 'THREAD_VARIABLES', 'TRACKING_OPTIONS', 'WAIT_POLL_SECONDS', 'Dimension', 'Objective', 'SweepResult', '_random_draws', 'best_row', 'collect_rows', 'default_out', 'default_storage', 'engine_url', 'format_results', 'grid_dimension', 'grid_points', 'join_command', 'locate', 'make_spec', 'open_storage', 'param_dimension', 'parse_grid', 'parse_params', 'parse_value', 'plan', 'planned_params', 'read_spec', 'redact', 'run_processes', 'run_sweep', 'run_worker', 'slot_order', 'spec_digest', 'sweep_panels', 'trial_folder_name', 'worker_environment', 'worker_threads', 'write_results']

@@ -9,7 +9,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlplab.sweep.plot import plot_sweep
+from mlplab.plots.sweep import plot_sweep
 from mlplab.sweep.queue import _done, _states
 from mlplab.sweep.space import Dimension, _format_value
 from mlplab.sweep.storage import default_storage, redact
@@ -122,9 +122,18 @@ def write_results(study, spec: dict, out: Path, *, storage_url: str, jobs: int |
     summary["files"] = [f for f in summary["files"] if f]
     write_json_atomic(out / "sweep.json", summary)
     files = [out / "results.csv", out / "sweep.json"]
-    plot_sweep(rows, dimensions, out / "sweep.png", best=best, title=f"Sweep {study.study_name}: validation accuracy")
+    plot_sweep(rows, sweep_panels(dimensions), out / "sweep.png", best=best, title=f"Sweep {study.study_name}: validation accuracy")
     files.append(out / "sweep.png")
     return SweepResult(out=out, study_name=study.study_name, storage=storage_url, rows=rows, best=best, summary=summary, files=files)
+
+
+def sweep_panels(dimensions: list[Dimension]) -> list[dict]:
+    """The swept options as the plain panel descriptions :func:`mlplab.plots.plot_sweep` draws."""
+    return [
+        {"name": d.name, "flag": d.flag, "kind": d.kind, "values": tuple(d.values),
+         "labels": tuple(_format_value(v) for v in d.values), "low": d.low, "high": d.high}
+        for d in dimensions
+    ]
 
 
 def format_results(result: SweepResult, spec: dict, limit: int = 20) -> str:

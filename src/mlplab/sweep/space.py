@@ -193,10 +193,9 @@ def param_dimension(name: str, spec, where: str = "--param") -> Dimension:
     kind = kind.strip().lower()
     usage = f"{where} {_flag(key)}={spec}"
     if kind == "choice":
-        dimension = grid_dimension(key, rest, where) if rest.strip() else None
-        if dimension is None:
+        if not rest.strip():
             raise ConfigError(f"{usage}: write choice:V1,V2,...")
-        return Dimension(key, "choice", dimension.values)
+        return Dimension(key, "choice", grid_dimension(key, rest, where).values)
     if kind not in ("log", "float", "int") or not sep:
         raise ConfigError(f"{usage}: write log:LOW:HIGH, float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or choice:V1,V2,...")
     option_type = _option_type(key)

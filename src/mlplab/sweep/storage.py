@@ -28,7 +28,7 @@ def redact(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no SQLAlchemy or a URL it rejects: hide the password by pattern
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 

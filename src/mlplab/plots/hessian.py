@@ -1,16 +1,28 @@
-"""The figure of the Hessian's spectral density."""
+"""The figure of the Hessian's spectral density (docs/hessian.md).
+
+It takes the density as plain data, anything with ``nodes`` (the quadrature nodes, an array)
+and ``curve(grid, width)`` (the smoothed density on a grid), such as
+:class:`mlplab.hessian.SpectralDensity`; this module does not import :mod:`mlplab.hessian`.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-from mlplab.hessian.spectrum import SpectralDensity
+
+class Density(Protocol):
+    """What the figure reads of a spectral density."""
+
+    nodes: np.ndarray
+
+    def curve(self, grid: np.ndarray, width: float) -> np.ndarray: ...
 
 
-def plot_density(density: SpectralDensity, path=None, *, title: str | None = None):
+def plot_density(density: Density, path=None, *, title: str | None = None):
     """The spectral density on a log scale (a Figure, saved as PNG when ``path`` is given)."""
-    from mlplab.display import InlineFigure
-    from mlplab.plots import save_figure
+    from mlplab.plots.base import InlineFigure, save_figure
 
     low, high = float(density.nodes.min()), float(density.nodes.max())
     span = max(high - low, 1e-12)
