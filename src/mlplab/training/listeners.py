@@ -285,13 +285,16 @@ class ReportListener:
     tried and dropped: on two cores the thread's 0.7 s of CPU (mostly under the GIL) slowed the
     first epoch by as much, so the run ended no sooner and its first epoch looked twice as slow."""
 
+    #: the report writer, a layer above training (named, not imported: see mlplab.plugins)
+    WRITER = "mlplab.report:write_report"
+
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
 
     def on_train_end(self, trainer, result) -> None:
-        from mlplab.report import write_report
+        from mlplab.plugins import load
 
-        write_report(self.run_dir)
+        load(self.WRITER)(self.run_dir)
 
 
 class EarlyStopping:

@@ -385,7 +385,7 @@ class MlflowListener:
         self._end("FAILED")
 
     def on_train_end(self, trainer, result) -> None:
-        from mlplab.report import FIGURES
+        from mlplab.training.run import FIGURES
 
         self.pending.append(_metric(TEST_METRIC, result.test_accuracy, trainer.epoch))
         self._send()
