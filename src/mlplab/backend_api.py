@@ -1,21 +1,18 @@
-"""The backend interface: what the training loop drives, and the registry that finds backends.
+"""The backend interface: what the training loop drives, one batch at a time.
 
 The loop never asks which framework runs. A backend is any class with the methods of
-:class:`Backend` (a ``typing.Protocol``: nothing needs to inherit from it). Backends are found by
-name in :data:`BACKENDS`, whose entries are ``"module:Class"`` strings: the registry names the
-torch backend without importing it, so ``mlplab.training`` never imports ``mlplab.torch`` and
-torch stays an optional extra. A new backend is one class and one line here.
+:class:`Backend` (a ``typing.Protocol``: nothing needs to inherit from it); a step returns a
+:class:`StepResult`. This module sits below both ``mlplab.training`` and ``mlplab.torch`` so that
+each can name the interface without importing the other. The registry that finds a backend by
+name is :data:`mlplab.training.backends.BACKENDS`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-from mlplab.errors import ConfigError, MissingDependencyError
 
 
 @dataclass(frozen=True)
@@ -74,36 +71,3 @@ class Backend(Protocol):
 
     def numpy_model(self):
         """The current weights as a NumPy :class:`mlplab.models.MLP`."""
-
-
-#: backend name -> ``"module:Class"``; a class is imported only when its backend is asked for
-BACKENDS = {
-    "numpy": "mlplab.training.backends:NumpyBackend",
-    "torch": "mlplab.torch.backend:TorchBackend",
-}
-#: the class a torch backend runs as on one rank of a torchrun launch (WORLD_SIZE > 1)
-DISTRIBUTED_BACKENDS = {"torch": "mlplab.torch.distributed:DistributedTorchBackend"}
-#: backends that need an optional extra, and the line that says how to install it
-EXTRAS = {"torch": "--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)"}
-
-
-def backend_class(name: str, *, distributed: bool = False) -> type:
-    """The class registered as backend ``name`` (imported now)."""
-    from mlplab.plugins import load
-
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    spec = DISTRIBUTED_BACKENDS.get(name, BACKENDS[name]) if distributed else BACKENDS[name]
-    try:
-        return load(spec)
-    except ImportError as exc:
-        if name in EXTRAS and name in str(getattr(exc, "name", "") or exc):
-            raise MissingDependencyError(EXTRAS[name]) from None
-        raise
-
-
-def make_backend(config, n_inputs: int, n_classes: int, seed: np.random.SeedSequence) -> Backend:
-    """The backend ``config.backend`` names, with a model of ``n_inputs`` -> ``n_classes``."""
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1  # one rank of a torchrun launch
-    cls = backend_class(config.backend, distributed=distributed and config.backend in DISTRIBUTED_BACKENDS)
-    return cls(config, n_inputs, n_classes, seed)
