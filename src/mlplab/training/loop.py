@@ -78,25 +78,16 @@ def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
                    image_shape=None) -> EvalResult:
     """Mean cross-entropy, accuracy and predictions of ``backend`` over a whole split, in chunks.
     With ``tta_flip`` the class probabilities are averaged with those of the mirrored images."""
+    from mlplab.metrics import chunked_log_probs
+
     n = x.shape[0]
     if n == 0:
         return EvalResult(float("nan"), float("nan"), np.empty(0, dtype=np.int64), 0)
-    if tta_flip:
-        from mlplab.data.augment import flip_horizontal
     loss_sum = 0.0
     predictions = np.empty(n, dtype=np.int64)
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        logits = np.asarray(backend.predict_logits(x[start:stop]), dtype=np.float64)
-        log_probs = logits - logits.max(axis=1, keepdims=True)
-        log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-        if tta_flip:
-            flipped = np.asarray(backend.predict_logits(flip_horizontal(x[start:stop], image_shape)), dtype=np.float64)
-            flipped -= flipped.max(axis=1, keepdims=True)
-            flipped -= np.log(np.exp(flipped).sum(axis=1, keepdims=True))
-            log_probs = np.log(0.5 * (np.exp(log_probs) + np.exp(flipped)))
-        labels = y[start:stop]
-        loss_sum -= float(log_probs[np.arange(stop - start), labels].sum())
+    for start, stop, log_probs in chunked_log_probs(backend.predict_logits, x, batch_size, tta_flip=tta_flip,
+                                                    image_shape=image_shape):
+        loss_sum -= float(log_probs[np.arange(stop - start), y[start:stop]].sum())
         predictions[start:stop] = np.argmax(log_probs, axis=1)
     accuracy = float(np.count_nonzero(predictions == y)) / n
     return EvalResult(loss_sum / n, accuracy, predictions, n)
