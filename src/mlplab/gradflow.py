@@ -4,9 +4,9 @@ Two uses share the definitions here:
 
 - ``mlplab train --track-gradients`` records, on every tracked step and for every Linear layer,
   ``‖dL/dW‖``, ``‖dL/dX‖`` (X: the layer's input) and ``‖W_after − W_before‖ / ‖W_before‖`` (the
-  step's real update, whatever the optimiser). Both backends fill
-  ``backend.last_gradient_stats`` with :class:`LayerGradients` when ``backend.track_next_step`` is
-  set; :class:`mlplab.training.listeners.GradientTracker` sets it and writes ``gradients.csv``.
+  step's real update, whatever the optimiser). Asked with ``train_step(..., track=True)``, both
+  backends return these as :class:`LayerGradients` in the step's ``StepResult.layer_stats``;
+  :class:`mlplab.training.listeners.GradientTracker` asks for them and writes ``gradients.csv``.
 - :func:`gradient_flow` (``mlplab gradflow``) measures ‖dL/dX‖ for every Linear of a deep plain MLP
   and of the same MLP with residual connections, at initialisation, on one batch.
 
