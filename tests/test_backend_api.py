@@ -90,9 +90,9 @@ def test_compare_lives_above_torch():
 
     # it used to hand back the submodule mlplab.torch.compare instead of the function
     with pytest.raises(AttributeError, match="from mlplab.compare import compare"):
-        mlplab.torch.compare  # noqa: B018
+        mlplab.torch.compare
     with pytest.raises(ImportError):
-        from mlplab.torch import compare  # noqa: F401
+        from mlplab.torch import compare
 
 
 def test_the_numpy_mlp_is_built_from_its_layer_plan():

@@ -152,6 +152,6 @@ def backend_class(name: str, *, distributed: bool = False) -> type:
 
 def make_backend(config, n_inputs: int, n_classes: int, seed: np.random.SeedSequence) -> Backend:
     """The backend ``config.backend`` names, with a model of ``n_inputs`` -> ``n_classes``."""
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1  # one rank of a torchrun launch
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # one rank of a torchrun launch
     cls = backend_class(config.backend, distributed=distributed and config.backend in DISTRIBUTED_BACKENDS)
     return cls(config, n_inputs, n_classes, seed)

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from mlplab.storage import format_size, free_space, storage_error
-from mlplab.training.hooks import Listener, as_listener  # noqa: F401  (as_listener: re-exported)
 from mlplab.training.checkpoint import read_checkpoint_meta, save_checkpoint, write_json_atomic
+from mlplab.training.hooks import Listener, as_listener  # noqa: F401  (as_listener: re-exported)
 from mlplab.training.run import HISTORY_COLUMNS, STEP_COLUMNS, CsvLog, truncate_csv, write_config
 
 

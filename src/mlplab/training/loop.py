@@ -243,7 +243,8 @@ class Trainer:
         for xb, yb in stream:
             self.lr = self.schedule(self.global_step)
             # every listener is asked (none is skipped because an earlier one said yes)
-            track = any([listener.wants_layer_stats(self) for listener in self.listeners])
+            wants = [listener.wants_layer_stats(self) for listener in self.listeners]
+            track = any(wants)
             step = self.backend.train_step(xb, yb, self.lr, track=track)
             loss, correct = step.loss, step.correct
             if not math.isfinite(loss):
