@@ -30,6 +30,15 @@ def as_seed_sequence(seed) -> np.random.SeedSequence:
     return np.random.SeedSequence(None if seed is None else int(seed))
 
 
+def predict_in_chunks(logits_of, x: np.ndarray, n_classes: int, dtype, batch_size: int = 1024) -> np.ndarray:
+    """``logits_of`` applied to ``x`` ``batch_size`` rows at a time, into one (N, n_classes) array of
+    ``dtype``: the chunked prediction of both MLPs (the NumPy one here, the torch backend's)."""
+    out = np.empty((x.shape[0], n_classes), dtype=dtype)
+    for start in range(0, x.shape[0], batch_size):
+        out[start : start + batch_size] = logits_of(x[start : start + batch_size])
+    return out
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One entry of an MLP's layer plan.
@@ -174,13 +183,10 @@ class MLP(Module):
         was_training = self.training
         self.eval()
         try:
-            out = np.empty((x.shape[0], self.n_classes), dtype=np.result_type(x.dtype, self.dtype))
-            for start in range(0, x.shape[0], batch_size):
-                out[start : start + batch_size] = self.forward(x[start : start + batch_size])
+            return predict_in_chunks(self.forward, x, self.n_classes, np.result_type(x.dtype, self.dtype), batch_size)
         finally:
             self.clear_cache()
             self.train(was_training)
-        return out
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities (batch, n_classes), in eval mode."""

@@ -17,7 +17,7 @@ from torch import nn
 from mlplab.backend_api import StepResult
 from mlplab.config import TrainConfig
 from mlplab.errors import ConfigError
-from mlplab.models import as_seed_sequence, build_model
+from mlplab.models import as_seed_sequence, build_model, predict_in_chunks
 from mlplab.torch.model import MLP, TORCH_DTYPES, to_numpy
 
 #: per-parameter state arrays of each optimiser, in the names of :mod:`mlplab.optim`
@@ -190,15 +190,15 @@ class TorchBackend:
         model = self.model
         was_training = model.training
         model.eval()
-        out = np.empty((x.shape[0], model.n_classes), dtype=self.dtype)
+
+        def logits_of(chunk: np.ndarray) -> np.ndarray:
+            return model(self._tensor(chunk, self.torch_dtype)).cpu().numpy()
+
         try:
             with torch.inference_mode():
-                for start in range(0, x.shape[0], batch_size):
-                    logits = model(self._tensor(x[start:start + batch_size], self.torch_dtype))
-                    out[start:start + logits.shape[0]] = logits.cpu().numpy()
+                return predict_in_chunks(logits_of, x, model.n_classes, self.dtype, batch_size)
         finally:
             model.train(was_training)
-        return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return self.model.numpy_state_dict()
