@@ -90,7 +90,7 @@ def test_compare_lives_above_torch():
 
     # it used to hand back the submodule mlplab.torch.compare instead of the function
     with pytest.raises(AttributeError, match="from mlplab.compare import compare"):
-        mlplab.torch.compare
+        _ = mlplab.torch.compare
     with pytest.raises(ImportError):
         from mlplab.torch import compare
 

@@ -17,7 +17,7 @@ from mlplab.backend_api import Backend, StepResult
 from mlplab.config import TrainConfig
 from mlplab.errors import ConfigError, MissingDependencyError
 from mlplab.fast.step import FusedStep
-from mlplab.models import MLP, build_model  # noqa: F401  (build_model: re-exported for older callers)
+from mlplab.models import MLP, build_model
 from mlplab.nn import SoftmaxCrossEntropy
 from mlplab.optim import SGD, Adam, AdamW, Optimizer
 
