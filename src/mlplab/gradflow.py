@@ -42,6 +42,12 @@ class LayerGradients(NamedTuple):
     input_grad_norm: float
     update_ratio: float
 
+    @classmethod
+    def from_norms(cls, layer: str, weight_grad: float, input_grad: float, change: float, size: float) -> LayerGradients:
+        """The row of a layer whose step changed W by ``change`` = ‖W_after − W_before‖ from ``size``
+        = ‖W_before‖ (the one definition both backends' tracked steps use; NaN for a zero weight)."""
+        return cls(layer, weight_grad, input_grad, change / size if size > 0 else math.nan)
+
 
 def norm(array: np.ndarray) -> float:
     """Frobenius norm accumulated in float64 (a float32 sum of squares loses digits on big layers)."""
@@ -86,11 +92,8 @@ def layer_statistics(linears, weights_before: list[np.ndarray], input_grads: dic
     """The :class:`LayerGradients` of each ``(name, Linear)`` after its backward pass and update."""
     stats = []
     for (name, layer), before in zip(linears, weights_before):
-        weight = layer.params["weight"]
-        change = norm(weight - before)
-        size = norm(before)
-        stats.append(LayerGradients(name, norm(layer.grads["weight"]), norm(input_grads[name]),
-                                    change / size if size > 0 else math.nan))
+        change = norm(layer.params["weight"] - before)
+        stats.append(LayerGradients.from_norms(name, norm(layer.grads["weight"]), norm(input_grads[name]), change, norm(before)))
     return stats
 
 

@@ -182,7 +182,7 @@ class TorchBackend:
         stats = []
         for index, (name, _) in enumerate(linears):
             weight_grad, input_grad, change, size = values[2 + 4 * index: 6 + 4 * index]
-            stats.append(LayerGradients(name, weight_grad, input_grad, change / size if size > 0 else float("nan")))
+            stats.append(LayerGradients.from_norms(name, weight_grad, input_grad, change, size))
         return StepResult(loss_value, int(correct_value), stats)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
