@@ -63,7 +63,7 @@ one draws nothing."""),
 import tempfile
 
 try:
-    from mlplab.torch.compare import compare
+    from mlplab.compare import compare
 except ImportError as missing:  # mlplab.torch's message names the extra to install
     print(missing)
     comparison = None

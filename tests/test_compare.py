@@ -1,4 +1,4 @@
-"""`mlplab compare` and mlplab.torch.compare: both backends from one start, a table and a figure."""
+"""`mlplab compare` and mlplab.compare: both backends from one start, a table and a figure."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.torch
 from mlplab.cli import main  # noqa: E402
 from mlplab.config import TrainConfig  # noqa: E402
 from mlplab.errors import CheckpointError  # noqa: E402
-from mlplab.torch.compare import compare  # noqa: E402
+from mlplab.compare import compare  # noqa: E402
 
 
 def blobs(n_train=200, n_val=50, n_test=50, features=10, classes=3, seed=0):

@@ -184,7 +184,7 @@ def test_comparison_html_says_when_the_starts_differ():
 @pytest.mark.torch
 def test_compare_returns_a_dict_that_shows_as_html():
     pytest.importorskip("torch")
-    from mlplab.torch.compare import Comparison
+    from mlplab.compare import Comparison
 
     comparison = Comparison(comparison_dict())
     assert isinstance(comparison, dict) and comparison["rows"][0]["backend"] == "numpy"

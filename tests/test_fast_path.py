@@ -93,8 +93,10 @@ def test_fast_training_follows_the_textbook_trajectory(options):
     y = rng.integers(0, 10, 4 * batch)
     for step in range(4):
         xb, yb = x[step * batch:(step + 1) * batch], y[step * batch:(step + 1) * batch]
-        loss_f, correct_f = fast_backend.train_step(xb, yb, 0.1 if config.optimizer == "sgd" else 1e-3)
-        loss_p, correct_p = plain_backend.train_step(xb, yb, 0.1 if config.optimizer == "sgd" else 1e-3)
+        fast_step = fast_backend.train_step(xb, yb, 0.1 if config.optimizer == "sgd" else 1e-3)
+        loss_f, correct_f = fast_step.loss, fast_step.correct
+        plain_step = plain_backend.train_step(xb, yb, 0.1 if config.optimizer == "sgd" else 1e-3)
+        loss_p, correct_p = plain_step.loss, plain_step.correct
         assert loss_f == pytest.approx(loss_p, rel=1e-12 if float64 else 1e-5) and abs(correct_f - correct_p) <= 1
     assert fast_backend.optimizer.step_count == plain_backend.optimizer.step_count == 4
     for key, value in plain_backend.state_dict().items():

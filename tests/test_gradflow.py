@@ -215,16 +215,17 @@ def test_a_backend_that_cannot_track_is_reported_once(tmp_path):
 
     from mlplab.training.listeners import GradientTracker
 
-    class Untracked:  # a backend whose train_step ignores track_next_step
-        track_next_step = False
+    class Untracked:  # a backend whose steps measure nothing even when asked (StepResult.layer_stats None)
+        pass
 
     trainer = SimpleNamespace(backend=Untracked(), global_step=0, epoch=0)
     tracker = GradientTracker(1, tmp_path / "gradients.csv")
     tracker.on_train_start(trainer)
-    assert trainer.backend.track_next_step
+    assert tracker.wants_layer_stats(trainer)
     with pytest.warns(UserWarning, match="records no gradient statistics") as caught:
         for step in (1, 2, 3):
             trainer.global_step = step
+            tracker.on_layer_stats(trainer, None)
             tracker.on_step(trainer, 0.0)
     assert len(caught) == 1
     tracker.close(trainer)

@@ -146,5 +146,5 @@ def test_cuda_backend_matches_cpu():  # pragma: no cover - no GPU in CI
     rng = np.random.default_rng(0)
     for _ in range(5):
         x, y = rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 3, 8)
-        assert gpu.train_step(x, y, 0.1)[0] == pytest.approx(cpu.train_step(x, y, 0.1)[0], rel=1e-10)
+        assert gpu.train_step(x, y, 0.1).loss == pytest.approx(cpu.train_step(x, y, 0.1).loss, rel=1e-10)
     assert gpu.device == "cuda"

@@ -75,8 +75,10 @@ def run_both(config: TrainConfig, seed: int = 1):
     losses = []
     for step in range(STEPS):
         lr = schedule(step)
-        numpy_loss, numpy_correct = numpy_backend.train_step(xs[step], ys[step], lr)
-        torch_loss, torch_correct = torch_backend.train_step(xs[step], ys[step], lr)
+        numpy_step = numpy_backend.train_step(xs[step], ys[step], lr)
+        numpy_loss, numpy_correct = numpy_step.loss, numpy_step.correct
+        torch_step = torch_backend.train_step(xs[step], ys[step], lr)
+        torch_loss, torch_correct = torch_step.loss, torch_step.correct
         assert isinstance(torch_loss, float) and isinstance(torch_correct, int)
         assert numpy_correct == torch_correct
         losses.append((numpy_loss, torch_loss))
@@ -134,9 +136,9 @@ def test_optimizer_state_moves_between_backends(optimizer):
     back.load_state_dict(torch_backend.state_dict())
     back.load_optimizer_state(torch_backend.optimizer_state())
     for step in range(10, 20):
-        expected = numpy_backend.train_step(xs[step], ys[step], 0.05)[0]
-        assert abs(torch_backend.train_step(xs[step], ys[step], 0.05)[0] - expected) <= LOSS_RTOL * expected
-        assert abs(back.train_step(xs[step], ys[step], 0.05)[0] - expected) <= LOSS_RTOL * expected
+        expected = numpy_backend.train_step(xs[step], ys[step], 0.05).loss
+        assert abs(torch_backend.train_step(xs[step], ys[step], 0.05).loss - expected) <= LOSS_RTOL * expected
+        assert abs(back.train_step(xs[step], ys[step], 0.05).loss - expected) <= LOSS_RTOL * expected
     assert torch_backend.optimizer_state()["step"] == 20
     assert max_abs_diff(numpy_backend.state_dict(), torch_backend.state_dict()) <= PARAM_ATOL
 
@@ -168,7 +170,7 @@ def test_dropout_masks_are_fixed_by_the_seed():
     config = make_config(dropout=0.5)
     xs, ys = make_batches()
     runs = [TorchBackend(config, N_INPUTS, N_CLASSES, np.random.SeedSequence(1)) for _ in range(2)]
-    losses = [[backend.train_step(xs[t], ys[t], 0.1)[0] for t in range(5)] for backend in runs]
+    losses = [[backend.train_step(xs[t], ys[t], 0.1).loss for t in range(5)] for backend in runs]
     assert losses[0] == losses[1]
     no_dropout = TorchBackend(make_config(), N_INPUTS, N_CLASSES, np.random.SeedSequence(1))
-    assert no_dropout.train_step(xs[0], ys[0], 0.1)[0] != losses[0][0]  # same weights, masks applied
+    assert no_dropout.train_step(xs[0], ys[0], 0.1).loss != losses[0][0]  # same weights, masks applied

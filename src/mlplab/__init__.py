@@ -6,7 +6,7 @@ same network, and one training loop that drives either.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mlplab._version import __version__
 
 __all__ = ["__version__", "train"]
 

@@ -153,7 +153,7 @@ def train_result_text(result) -> str:
 
 
 def comparison_html(comparison) -> str:
-    """A small HTML summary of :func:`mlplab.torch.compare.compare`'s result: one row per
+    """A small HTML summary of :func:`mlplab.compare.compare`'s result: one row per
     backend, the difference, whether both started from the same weights, and the output folder."""
     rows = {row["backend"]: row for row in comparison["rows"]}
     table = []

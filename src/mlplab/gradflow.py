@@ -4,9 +4,9 @@ Two uses share the definitions here:
 
 - ``mlplab train --track-gradients`` records, on every tracked step and for every Linear layer,
   ``‖dL/dW‖``, ``‖dL/dX‖`` (X: the layer's input) and ``‖W_after − W_before‖ / ‖W_before‖`` (the
-  step's real update, whatever the optimiser). Both backends fill
-  ``backend.last_gradient_stats`` with :class:`LayerGradients` when ``backend.track_next_step`` is
-  set; :class:`mlplab.training.listeners.GradientTracker` sets it and writes ``gradients.csv``.
+  step's real update, whatever the optimiser). Asked with ``train_step(..., track=True)``, both
+  backends return these as :class:`LayerGradients` in the step's ``StepResult.layer_stats``;
+  :class:`mlplab.training.listeners.GradientTracker` asks for them and writes ``gradients.csv``.
 - :func:`gradient_flow` (``mlplab gradflow``) measures ‖dL/dX‖ for every Linear of a deep plain MLP
   and of the same MLP with residual connections, at initialisation, on one batch.
 
@@ -42,6 +42,12 @@ class LayerGradients(NamedTuple):
     weight_grad_norm: float
     input_grad_norm: float
     update_ratio: float
+
+    @classmethod
+    def from_norms(cls, layer: str, weight_grad: float, input_grad: float, change: float, size: float) -> LayerGradients:
+        """The row of a layer whose step changed W by ``change`` = ‖W_after − W_before‖ from ``size``
+        = ‖W_before‖ (the one definition both backends' tracked steps use; NaN for a zero weight)."""
+        return cls(layer, weight_grad, input_grad, change / size if size > 0 else math.nan)
 
 
 def norm(array: np.ndarray) -> float:
@@ -87,11 +93,8 @@ def layer_statistics(linears, weights_before: list[np.ndarray], input_grads: dic
     """The :class:`LayerGradients` of each ``(name, Linear)`` after its backward pass and update."""
     stats = []
     for (name, layer), before in zip(linears, weights_before):
-        weight = layer.params["weight"]
-        change = norm(weight - before)
-        size = norm(before)
-        stats.append(LayerGradients(name, norm(layer.grads["weight"]), norm(input_grads[name]),
-                                    change / size if size > 0 else math.nan))
+        change = norm(layer.params["weight"] - before)
+        stats.append(LayerGradients.from_norms(name, norm(layer.grads["weight"]), norm(input_grads[name]), change, norm(before)))
     return stats
 
 

@@ -239,6 +239,25 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def chunked_log_probs(logits_of, x: np.ndarray, batch_size: int = 1000, *, tta_flip: bool = False, image_shape=None):
+    """Yield ``(start, stop, log_probs)`` over the rows of ``x``, ``batch_size`` rows at a time.
+
+    ``logits_of(xb) -> (rows, C)`` is any model's prediction (a backend's ``predict_logits``);
+    ``log_probs`` are float64 log-softmax scores. With ``tta_flip`` they are the log of the mean
+    of the probabilities of the chunk and of its horizontally mirrored images (``image_shape``).
+    The one prediction loop behind both the training loop's evaluation and :func:`evaluate`."""
+    if tta_flip:
+        from mlplab.data.augment import flip_horizontal
+    for start in range(0, x.shape[0], batch_size):
+        stop = min(x.shape[0], start + batch_size)
+        log_probs = _log_softmax(np.asarray(logits_of(x[start:stop]), dtype=np.float64))
+        if tta_flip:
+            # the probabilities of both views are averaged, not their logits
+            flipped = _log_softmax(np.asarray(logits_of(flip_horizontal(x[start:stop], image_shape)), dtype=np.float64))
+            log_probs = np.log(0.5 * (np.exp(log_probs) + np.exp(flipped)))
+        yield start, stop, log_probs
+
+
 def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None = None, beta: float = 1.0,
              zero_division: float = 0.0, tta_flip: bool = False, image_shape=None) -> Evaluation:
     """Run ``model`` over a whole split and count its confusion matrix, batch by batch.
@@ -265,18 +284,12 @@ def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None 
         logits_of = model.predict_logits
     else:
         raise TypeError(f"evaluate: cannot run a {type(model).__name__}; give a NumPy MLP, a torch module or an object with predict_logits(x)")
-    if tta_flip:
-        from mlplab.data.augment import flip_horizontal
     cm = None
     if num_classes is None:
         num_classes = getattr(model, "n_classes", None)
     try:
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            scores = np.asarray(logits_of(xb), dtype=np.float64)
-            if tta_flip:
-                # Average the probabilities (not the logits) of both views, as the training loop does.
-                scores = np.exp(_log_softmax(scores)) + np.exp(_log_softmax(np.asarray(logits_of(flip_horizontal(xb, image_shape)), dtype=np.float64)))
+        for start, stop, scores in chunked_log_probs(logits_of, x, batch_size, tta_flip=tta_flip, image_shape=image_shape):
+            yb = y[start:stop]
             if cm is None:
                 num_classes = int(num_classes or scores.shape[1])
                 if scores.ndim != 2 or scores.shape[1] != num_classes:

@@ -1,9 +1,10 @@
-"""The NumPy multilayer perceptron."""
+"""The NumPy multilayer perceptron, and its layer plan (which the PyTorch twin reads too)."""
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,6 +28,68 @@ def as_seed_sequence(seed) -> np.random.SeedSequence:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     return np.random.SeedSequence(None if seed is None else int(seed))
+
+
+def predict_in_chunks(logits_of, x: np.ndarray, n_classes: int, dtype, batch_size: int = 1024) -> np.ndarray:
+    """``logits_of`` applied to ``x`` ``batch_size`` rows at a time, into one (N, n_classes) array of
+    ``dtype``: the chunked prediction of both MLPs (the NumPy one here, the torch backend's)."""
+    out = np.empty((x.shape[0], n_classes), dtype=dtype)
+    for start in range(0, x.shape[0], batch_size):
+        out[start : start + batch_size] = logits_of(x[start : start + batch_size])
+    return out
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One entry of an MLP's layer plan.
+
+    ``kind`` is ``linear`` (``in_width`` -> ``width``; ``input_layer`` picks the init),
+    ``batch_norm`` (over ``width`` features), ``activation`` (``activation`` names it),
+    ``dropout`` (rate ``p``) or ``residual`` (``x + block(x)`` around the specs in ``block``)."""
+
+    kind: str
+    width: int = 0
+    in_width: int = 0
+    input_layer: bool = False
+    activation: str = ""
+    p: float = 0.0
+    block: tuple[LayerSpec, ...] = ()
+
+
+def layer_plan(n_inputs: int, n_hidden: list[int], n_classes: int, *, activation: str, use_batch_norm: bool,
+               dropout: float, residual: bool) -> list[LayerSpec]:
+    """The layers of an MLP, in order: [Linear → (BatchNorm1d) → activation → (Dropout)] per hidden
+    width (inside a Residual when ``residual`` and the width is kept), then Linear to the classes.
+
+    Both :class:`MLP` and :class:`mlplab.torch.MLP` build their modules from this list, so the
+    two cannot disagree on layer order, parameter names (``layers.<index>...``) or which Linear
+    gets the input-layer init."""
+    plan: list[LayerSpec] = []
+    width = n_inputs
+    for index, hidden in enumerate(n_hidden):
+        block = [LayerSpec("linear", hidden, width, input_layer=index == 0)]
+        if use_batch_norm:
+            block.append(LayerSpec("batch_norm", hidden))
+        block.append(LayerSpec("activation", hidden, activation=activation))
+        if dropout > 0:
+            block.append(LayerSpec("dropout", hidden, p=dropout))
+        if residual and width == hidden:
+            plan.append(LayerSpec("residual", hidden, width, block=tuple(block)))
+        else:
+            plan.extend(block)
+        width = hidden
+    plan.append(LayerSpec("linear", n_classes, width, input_layer=not n_hidden))
+    return plan
+
+
+def build_model(config, n_inputs: int, n_classes: int, seed, dtype=None) -> MLP:
+    """The NumPy MLP a training configuration (:class:`mlplab.config.TrainConfig`) asks for,
+    with its initial weights drawn from ``seed`` (an int or a SeedSequence)."""
+    dtype = dtype or (np.float64 if config.dtype == "float64" else np.float32)
+    return MLP(
+        n_inputs, config.hidden_dims, n_classes, activation=config.activation, use_batch_norm=config.use_batch_norm,
+        dropout=config.dropout, residual=config.residual, dtype=dtype, seed=seed,
+    )
 
 
 class MLP(Module):
@@ -70,26 +133,29 @@ class MLP(Module):
         init_rng = np.random.default_rng(init_seq)
         self.dropout_rng = np.random.default_rng(dropout_seq)
 
-        layers: list[Module] = []
-        width = self.n_inputs
-        for index, hidden in enumerate(self.n_hidden):
-            block: list[Module] = [Linear(width, hidden, input_layer=index == 0, dtype=self.dtype, rng=init_rng)]
-            if self.use_batch_norm:
-                block.append(BatchNorm1d(hidden, dtype=self.dtype))
-            block.append(make_activation(self.activation))
-            if self.dropout > 0:
-                block.append(Dropout(self.dropout, rng=self.dropout_rng))
-            if self.residual and width == hidden:
-                layers.append(Residual(Sequential(*block)))
-            else:
-                layers.extend(block)
-            width = hidden
-        layers.append(Linear(width, self.n_classes, input_layer=not self.n_hidden, dtype=self.dtype, rng=init_rng))
+        def build(spec: LayerSpec) -> Module:
+            if spec.kind == "linear":
+                return Linear(spec.in_width, spec.width, input_layer=spec.input_layer, dtype=self.dtype, rng=init_rng)
+            if spec.kind == "batch_norm":
+                return BatchNorm1d(spec.width, dtype=self.dtype)
+            if spec.kind == "activation":
+                return make_activation(spec.activation)
+            if spec.kind == "dropout":
+                return Dropout(spec.p, rng=self.dropout_rng)
+            return Residual(Sequential(*map(build, spec.block)))
+
+        # built in plan order: the Linears draw their initial weights from init_rng in that order
+        layers = [build(spec) for spec in self.plan()]
         self.add_module("layers", Sequential(*layers))
 
     @property
     def layers(self) -> Sequential:
         return self._children["layers"]
+
+    def plan(self) -> list[LayerSpec]:
+        """This MLP's :func:`layer_plan`."""
+        return layer_plan(self.n_inputs, self.n_hidden, self.n_classes, activation=self.activation,
+                          use_batch_norm=self.use_batch_norm, dropout=self.dropout, residual=self.residual)
 
     def config(self) -> dict:
         """The constructor arguments (without seed), enough to rebuild the architecture."""
@@ -117,13 +183,10 @@ class MLP(Module):
         was_training = self.training
         self.eval()
         try:
-            out = np.empty((x.shape[0], self.n_classes), dtype=np.result_type(x.dtype, self.dtype))
-            for start in range(0, x.shape[0], batch_size):
-                out[start : start + batch_size] = self.forward(x[start : start + batch_size])
+            return predict_in_chunks(self.forward, x, self.n_classes, np.result_type(x.dtype, self.dtype), batch_size)
         finally:
             self.clear_cache()
             self.train(was_training)
-        return out
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities (batch, n_classes), in eval mode."""

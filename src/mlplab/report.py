@@ -28,15 +28,8 @@ import numpy as np
 from mlplab.errors import CheckpointError
 from mlplab.metrics import DEFAULT_BETAS, classification_metrics, most_confused, precision_recall_leaning
 from mlplab.plots.jobs import FigureJobs
+from mlplab.training.run import FIGURES  # noqa: F401  (re-exported: report.FIGURES)
 
-#: figure files the report writes into the run folder
-FIGURES = {
-    "loss_steps": "loss_steps.png",
-    "curves": "curves.png",
-    "confusion": "confusion.png",
-    "per_class": "per_class.png",
-    "gradients": "gradients.png",
-}
 #: precision - recall beyond which a class is said to lean one way
 LEANING_MARGIN = 0.02
 #: how many of the largest off-diagonal confusion cells the report lists

@@ -12,6 +12,7 @@ says what happened, to which file, and how much space the file needed::
 
 from __future__ import annotations
 
+import datetime as _dt
 import errno
 import json
 import os
@@ -154,3 +155,18 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- run folders: named here, below every layer that creates one (training, torch's launcher, sweeps)
+def stamped_dir(root: str, prefix: str = "", name: str = "") -> Path:
+    """``root/<prefix><date-time>[-<name>]``, with ``-2``, ``-3``, … appended while that exists."""
+    base = prefix + _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+    path, suffix = Path(root) / base, 1
+    while path.exists():
+        suffix += 1
+        path = Path(root) / f"{base}-{suffix}"
+    return path
+
+
+def default_run_dir(short_name: str, root: str = "runs") -> Path:
+    return stamped_dir(root, name=short_name)

@@ -30,7 +30,7 @@ def run(args) -> int:
     if "backend" in options:
         raise ConfigError("--backend: compare trains both backends (numpy and torch); drop the option")
     # Fails here, with one line naming the extra, before the NumPy run when torch is missing.
-    from mlplab.torch.compare import compare, default_compare_dir
+    from mlplab.compare import compare, default_compare_dir
 
     config = resolve_config(preset=getattr(args, "preset", None), config_file=getattr(args, "config_file", None), options=options)
     out = config.out or str(default_compare_dir())

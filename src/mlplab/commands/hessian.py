@@ -178,7 +178,7 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
 
 # -- the steps of analyse_run -----------------------------------------------------------------
 def _version() -> str:
-    from mlplab import __version__
+    from mlplab._version import __version__
 
     return __version__
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mlplab import __version__
+from mlplab._version import __version__
 from mlplab.errors import DataError
 
 #: seconds to wait for the connection and then for each read; a stalled server fails in tens of

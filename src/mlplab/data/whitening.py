@@ -94,7 +94,7 @@ def whiten(data: DatasetSplits, method: str = "none", *, zca_epsilon: float = 0.
         mean, w = fit_zca(data.train.x, zca_epsilon)
         if use_cache:
             try:
-                from mlplab.training.checkpoint import atomic_write
+                from mlplab.storage import atomic_write
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, lambda f: np.savez(f, mean=mean, w=w))

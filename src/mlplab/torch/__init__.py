@@ -3,8 +3,9 @@ optimiser formulas, so either backend can continue, evaluate or check the other.
 
 This subpackage is the only part of mlplab that imports torch; it needs the ``torch`` extra
 (``pip install 'mlplab[torch]'``). ``MLP``, ``from_numpy`` and ``to_numpy`` come from
-:mod:`mlplab.torch.model`; ``TorchBackend`` (the training loop's backend) and ``compare``
-(NumPy against PyTorch on the same batches) load on first use.
+:mod:`mlplab.torch.model`; ``TorchBackend`` (the training loop's backend) loads on first use.
+It imports only downward (models, nn, optim, config): comparing the two backends is a tool that
+runs training, so it lives above, in :mod:`mlplab.compare`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ except ImportError:
 
 from mlplab.torch.model import MLP, Dropout, Residual, from_numpy, to_numpy  # noqa: E402
 
-__all__ = ["MLP", "Dropout", "Residual", "from_numpy", "to_numpy", "TorchBackend", "compare", "resolve_device"]
+__all__ = ["MLP", "Dropout", "Residual", "from_numpy", "to_numpy", "TorchBackend", "resolve_device"]
 
 
 def __getattr__(name):
@@ -36,7 +37,5 @@ def __getattr__(name):
 
         return getattr(backend, name)
     if name == "compare":
-        from mlplab.torch.compare import compare
-
-        return compare
+        raise AttributeError("mlplab.torch.compare moved: use `from mlplab.compare import compare`")
     raise AttributeError(f"module 'mlplab.torch' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The torch backend of the training loop (the interface: :mod:`mlplab.training.backends`).
+"""The torch backend of the training loop (the interface: :class:`mlplab.backend_api.Backend`).
 
 It starts from the very weights :class:`~mlplab.training.backends.NumpyBackend` starts from
 for the same seed (the NumPy model is built and its state loaded), runs ``torch.optim`` with
@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlplab.backend_api import StepResult
 from mlplab.config import TrainConfig
 from mlplab.errors import ConfigError
-from mlplab.models import as_seed_sequence
+from mlplab.models import as_seed_sequence, build_model, predict_in_chunks
 from mlplab.optim import OPTIMIZERS, optimizer_class
 from mlplab.torch.model import MLP, TORCH_DTYPES, to_numpy
 
@@ -57,13 +58,8 @@ class TorchBackend:
     """:class:`mlplab.torch.MLP` trained with ``torch.optim`` on ``config.device``."""
 
     name = "torch"
-    #: set by a listener to record per-layer gradient statistics on the next step (mlplab.gradflow)
-    track_next_step = False
-    last_gradient_stats = None
 
     def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
-        from mlplab.training.backends import build_model
-
         self.config = config
         self.device = resolve_device(config.device)
         self.torch_device = torch.device(self.device)
@@ -97,9 +93,10 @@ class TorchBackend:
     def model_config(self) -> dict:
         return self.model.config()
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
-        """One SGD step on x: (batch, features), y: (batch,) int; returns (mean loss, correct count)."""
-        if self.track_next_step:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, *, track: bool = False) -> StepResult:
+        """One optimiser step on x: (batch, features), y: (batch,) int; returns the mean loss and
+        correct count, and with ``track`` each Linear's gradient statistics."""
+        if track:
             return self._tracked_train_step(x, y, lr)
         x, y = self._local_batch(x, y)
         self.model.train()
@@ -115,7 +112,7 @@ class TorchBackend:
         self.step_count += 1
         self.lr = lr
         correct = (logits.detach().argmax(dim=1) == targets).sum()
-        return self._batch_totals(loss.detach(), correct, targets.shape[0])
+        return StepResult(*self._batch_totals(loss.detach(), correct, targets.shape[0]))
 
     # Hooks that data-parallel training (mlplab.torch.distributed) overrides.
     @property
@@ -133,13 +130,11 @@ class TorchBackend:
         loss_value, correct_value = torch.stack((loss.to(torch.float64), correct.to(torch.float64))).tolist()
         return loss_value, int(correct_value)
 
-    def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
-        """``train_step`` (the same update) that also leaves each Linear's gradient norms, input
-        gradient norm (the first layer's included) and update ratio in ``last_gradient_stats``,
-        as :class:`mlplab.gradflow.LayerGradients`."""
+    def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
+        """``train_step`` (the same update) that also measures each Linear's gradient norms, input
+        gradient norm (the first layer's included) and update ratio, as :class:`mlplab.gradflow.LayerGradients`."""
         from mlplab.gradflow import LayerGradients
 
-        self.track_next_step = False
         model = self.model
         model.train()
         linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
@@ -185,24 +180,23 @@ class TorchBackend:
         stats = []
         for index, (name, _) in enumerate(linears):
             weight_grad, input_grad, change, size = values[2 + 4 * index: 6 + 4 * index]
-            stats.append(LayerGradients(name, weight_grad, input_grad, change / size if size > 0 else float("nan")))
-        self.last_gradient_stats = stats
-        return loss_value, int(correct_value)
+            stats.append(LayerGradients.from_norms(name, weight_grad, input_grad, change, size))
+        return StepResult(loss_value, int(correct_value), stats)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Logits (N, classes) in eval mode, ``batch_size`` rows at a time; the mode is restored."""
         model = self.model
         was_training = model.training
         model.eval()
-        out = np.empty((x.shape[0], model.n_classes), dtype=self.dtype)
+
+        def logits_of(chunk: np.ndarray) -> np.ndarray:
+            return model(self._tensor(chunk, self.torch_dtype)).cpu().numpy()
+
         try:
             with torch.inference_mode():
-                for start in range(0, x.shape[0], batch_size):
-                    logits = model(self._tensor(x[start:start + batch_size], self.torch_dtype))
-                    out[start:start + logits.shape[0]] = logits.cpu().numpy()
+                return predict_in_chunks(logits_of, x, model.n_classes, self.dtype, batch_size)
         finally:
             model.train(was_training)
-        return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return self.model.numpy_state_dict()

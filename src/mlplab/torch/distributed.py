@@ -121,7 +121,7 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 def launch(args, config) -> int:
     """``mlplab train --nproc N``: run the same command under torchrun with N processes."""
-    from mlplab.training.run import default_run_dir
+    from mlplab.storage import default_run_dir
 
     argv = strip_nproc(list(getattr(args, "argv", None) or sys.argv[1:]))
     if "--out" not in argv and not any(a.startswith("--out=") for a in argv):

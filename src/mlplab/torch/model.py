@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlplab.models import hidden_widths
+from mlplab.models import LayerSpec, hidden_widths, layer_plan
 from mlplab.nn.activations import ACTIVATIONS
 from mlplab.nn.activations import make_activation as make_numpy_activation
 from mlplab.nn.linear import as_positive_int
@@ -109,21 +109,21 @@ class MLP(nn.Module):
         self.dropout = float(dropout)
         self.residual = bool(residual)
 
-        layers: list[nn.Module] = []
-        width = self.n_inputs
-        for index, hidden in enumerate(self.n_hidden):
-            block: list[nn.Module] = [_kaiming_linear(width, hidden, index == 0, generator)]
-            if self.use_batch_norm:
-                block.append(nn.BatchNorm1d(hidden, eps=1e-5, momentum=0.1))
-            block.append(make_activation(self.activation))
-            if self.dropout > 0:
-                block.append(Dropout(self.dropout, dropout_generator))
-            if self.residual and width == hidden:
-                layers.append(Residual(nn.Sequential(*block)))
-            else:
-                layers.extend(block)
-            width = hidden
-        layers.append(_kaiming_linear(width, self.n_classes, not self.n_hidden, generator))
+        def build(spec: LayerSpec) -> nn.Module:
+            if spec.kind == "linear":
+                return _kaiming_linear(spec.in_width, spec.width, spec.input_layer, generator)
+            if spec.kind == "batch_norm":
+                return nn.BatchNorm1d(spec.width, eps=1e-5, momentum=0.1)
+            if spec.kind == "activation":
+                return make_activation(spec.activation)
+            if spec.kind == "dropout":
+                return Dropout(spec.p, dropout_generator)
+            return Residual(nn.Sequential(*map(build, spec.block)))
+
+        # the plan of mlplab.models.MLP: same order, same names, same init rule per Linear
+        plan = layer_plan(self.n_inputs, self.n_hidden, self.n_classes, activation=self.activation,
+                          use_batch_norm=self.use_batch_norm, dropout=self.dropout, residual=self.residual)
+        layers = [build(spec) for spec in plan]
         self.layers = nn.Sequential(*layers)
 
     def config(self) -> dict:

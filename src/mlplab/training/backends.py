@@ -1,25 +1,23 @@
-"""Backends: what the training loop drives. The loop never asks which framework runs.
+"""The backends the training loop can drive: the registry that finds them by name, and the NumPy backend.
 
-A backend owns a model and its optimiser and offers:
-
-- ``train_step(x, y, lr) -> (mean loss, correct count)`` on one batch (x float32/64 (B, D), y int64 (B,));
-- ``predict_logits(x) -> ndarray (N, C)`` in eval mode;
-- ``state_dict()`` / ``load_state_dict(state)``: model weights and buffers as NumPy arrays, with
-  the same names on every backend (``layers.0.weight``, ...);
-- ``optimizer_state()`` / ``load_optimizer_state(state)``: :meth:`mlplab.optim.Optimizer.state_dict` form;
-- ``rng_state()`` / ``load_rng_state(state)``: JSON-able state of the backend's own generators (dropout);
-- ``model_config()``: the MLP's constructor arguments; ``numpy_model()``: the current weights as a NumPy MLP.
+Every backend offers the interface of :class:`mlplab.backend_api.Backend`. :data:`BACKENDS` maps a
+name to a ``"module:Class"`` string, imported only when that backend is asked for: the registry
+names the torch backend without importing it, so ``mlplab.training`` never imports
+``mlplab.torch`` and torch stays an optional extra. A new backend is one class and one line here.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from mlplab import fast as fast_path
+from mlplab.backend_api import Backend, StepResult
 from mlplab.config import TrainConfig
 from mlplab.errors import ConfigError, MissingDependencyError
 from mlplab.fast.step import FusedStep
-from mlplab.models import MLP
+from mlplab.models import MLP, build_model
 from mlplab.nn import SoftmaxCrossEntropy
 from mlplab.optim import Optimizer, optimizer_class
 
@@ -28,15 +26,6 @@ def make_optimizer(config: TrainConfig, params) -> Optimizer:
     """The NumPy optimiser ``config`` asks for, over ``(param, grad)`` pairs (see :data:`mlplab.optim.OPTIMIZERS`)."""
     cls = optimizer_class(config.optimizer)
     return cls(params, **cls.settings(config))
-
-
-def build_model(config: TrainConfig, n_inputs: int, n_classes: int, seed, dtype=None) -> MLP:
-    """The NumPy MLP of ``config`` with its initial weights drawn from ``seed`` (a SeedSequence)."""
-    dtype = dtype or (np.float64 if config.dtype == "float64" else np.float32)
-    return MLP(
-        n_inputs, config.hidden_dims, n_classes, activation=config.activation, use_batch_norm=config.use_batch_norm,
-        dropout=config.dropout, residual=config.residual, dtype=dtype, seed=seed,
-    )
 
 
 class NumpyBackend:
@@ -48,9 +37,6 @@ class NumpyBackend:
     module, with the same result (see :mod:`mlplab.fast`)."""
 
     name = "numpy"
-    #: set by a listener to record per-layer gradient statistics on the next step (mlplab.gradflow)
-    track_next_step = False
-    last_gradient_stats = None
 
     def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence, *, fast: bool | None = None):
         self.config = config
@@ -67,8 +53,8 @@ class NumpyBackend:
     def model_config(self) -> dict:
         return self.model.config()
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
-        if self.track_next_step:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, *, track: bool = False) -> StepResult:
+        if track:
             return self._tracked_train_step(x, y, lr)
         if self.fast:
             loss, logits = self.fused_step.step(x, y, lr)
@@ -82,14 +68,13 @@ class NumpyBackend:
             self.optimizer.lr = lr
             self.optimizer.step()
         correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        return loss, correct
+        return StepResult(loss, correct)
 
-    def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
-        """``train_step`` (the same update) that also leaves each Linear's gradient norms, input
-        gradient norm (the first layer's included) and update ratio in ``last_gradient_stats``."""
+    def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
+        """``train_step`` (the same update) that also measures each Linear's gradient norms, input
+        gradient norm (the first layer's included) and update ratio."""
         from mlplab.gradflow import backward_with_input_grads, layer_statistics, linear_layers
 
-        self.track_next_step = False
         model = self.model
         model.train()
         linears = linear_layers(model)
@@ -104,9 +89,9 @@ class NumpyBackend:
             self.fused_step.updater.update(self.optimizer)
         else:
             self.optimizer.step()
-        self.last_gradient_stats = layer_statistics(linears, weights_before, input_grads)
+        stats = layer_statistics(linears, weights_before, input_grads)
         correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
-        return loss, correct
+        return StepResult(loss, correct, stats)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         return self.model.predict_logits(x, batch_size)
@@ -134,24 +119,34 @@ class NumpyBackend:
         return self.model
 
 
-def make_backend(config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence):
-    """The backend ``config.backend`` names; ``torch`` needs the ``mlplab[torch]`` extra."""
-    if config.backend == "numpy":
-        return NumpyBackend(config, n_inputs, n_classes, seed)
-    if config.backend == "torch":
-        import os
+#: backend name -> ``"module:Class"``; a class is imported only when its backend is asked for
+BACKENDS = {
+    "numpy": "mlplab.training.backends:NumpyBackend",
+    "torch": "mlplab.torch.backend:TorchBackend",
+}
+#: the class a torch backend runs as on one rank of a torchrun launch (WORLD_SIZE > 1)
+DISTRIBUTED_BACKENDS = {"torch": "mlplab.torch.distributed:DistributedTorchBackend"}
+#: backends that need an optional extra, and the line that says how to install it
+EXTRAS = {"torch": "--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)"}
 
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # one rank of a torchrun launch
-            from mlplab.torch.distributed import DistributedTorchBackend
 
-            return DistributedTorchBackend(config, n_inputs, n_classes, seed)
-        try:
-            from mlplab.torch.backend import TorchBackend
-        except ImportError as exc:
-            if "torch" in str(getattr(exc, "name", "") or exc):
-                raise MissingDependencyError(
-                    "--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)"
-                ) from None
-            raise
-        return TorchBackend(config, n_inputs, n_classes, seed)
-    raise ConfigError(f"unknown backend {config.backend!r}")  # pragma: no cover - validated earlier
+def backend_class(name: str, *, distributed: bool = False) -> type:
+    """The class registered as backend ``name`` (imported now)."""
+    from mlplab.plugins import load
+
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    spec = DISTRIBUTED_BACKENDS.get(name, BACKENDS[name]) if distributed else BACKENDS[name]
+    try:
+        return load(spec)
+    except ImportError as exc:
+        if name in EXTRAS and name in str(getattr(exc, "name", "") or exc):
+            raise MissingDependencyError(EXTRAS[name]) from None
+        raise
+
+
+def make_backend(config, n_inputs: int, n_classes: int, seed: np.random.SeedSequence) -> Backend:
+    """The backend ``config.backend`` names, with a model of ``n_inputs`` -> ``n_classes``."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # one rank of a torchrun launch
+    cls = backend_class(config.backend, distributed=distributed and config.backend in DISTRIBUTED_BACKENDS)
+    return cls(config, n_inputs, n_classes, seed)

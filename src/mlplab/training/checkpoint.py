@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlplab import __version__
+from mlplab._version import __version__
 from mlplab.errors import CheckpointError
 from mlplab.storage import _json_default, atomic_write, write_json_atomic, write_text_atomic  # noqa: F401
 

@@ -1,4 +1,9 @@
-"""Listeners: the side effects of training, called by the loop at step and epoch boundaries."""
+"""Listeners: the side effects of training, called by the loop at step and epoch boundaries.
+
+Every listener is a :class:`Listener`: it overrides the hooks it needs, and it acts on the
+trainer only through what a hook returns (``wants_layer_stats``, ``on_epoch_end``), never by
+setting fields on the trainer or its backend.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 
 from mlplab.storage import format_size, free_space, storage_error
 from mlplab.training.checkpoint import read_checkpoint_meta, save_checkpoint, write_json_atomic
+from mlplab.training.hooks import Listener, as_listener  # noqa: F401  (as_listener: re-exported)
 from mlplab.training.run import HISTORY_COLUMNS, STEP_COLUMNS, CsvLog, truncate_csv, write_config
 
 
@@ -34,7 +40,7 @@ def best_meta(trainer) -> dict:
     }
 
 
-class ConsoleListener:
+class ConsoleListener(Listener):
     """A tqdm bar over each epoch's batches and one line per epoch (silent with ``quiet``)."""
 
     def __init__(self, quiet: bool = False, stream=None):
@@ -114,7 +120,7 @@ class ConsoleListener:
         self._close_bar()
 
 
-class RunFolderListener:
+class RunFolderListener(Listener):
     """Writes the run folder: config.json, steps.csv, history.csv, last.npz, best.npz, summary.json.
 
     The order keeps the folder resumable when a write fails (a full disk): at the end of an epoch
@@ -220,13 +226,13 @@ def warn_if_short_of_space(trainer, run_dir: Path) -> None:
         )
 
 
-class GradientTracker:
+class GradientTracker(Listener):
     """Records per-layer gradient statistics (:mod:`mlplab.gradflow`) on steps 1, every + 1,
     2·every + 1, … (so the first step, at the initial weights, is always among them) into
     ``gradients.csv`` (``GRADIENT_COLUMNS``), or into ``rows`` when given no path.
 
-    Before each tracked step it sets ``backend.track_next_step``; after it, it takes the rows from
-    ``backend.last_gradient_stats``. A resumed run drops the rows after its checkpoint's step.
+    Before each step it answers :meth:`wants_layer_stats`; the step's measurements arrive in
+    :meth:`on_layer_stats`. A resumed run drops the rows after its checkpoint's step.
     """
 
     def __init__(self, every: int, path: Path | None = None, *, resumed: bool = False):
@@ -237,10 +243,6 @@ class GradientTracker:
         self.rows: list[tuple] = []
         self.warned = False
 
-    def _request(self, trainer) -> None:
-        # Step global_step + 1 comes next; track it when it is 1 more than a multiple of every.
-        trainer.backend.track_next_step = trainer.global_step % self.every == 0
-
     def on_train_start(self, trainer) -> None:
         from mlplab.gradflow import GRADIENT_COLUMNS
 
@@ -248,26 +250,26 @@ class GradientTracker:
             if self.resumed:
                 truncate_csv(self.path, lambda row: int(row["step"]) <= trainer.global_step)
             self.log = CsvLog(self.path, GRADIENT_COLUMNS, append=self.resumed)
-        self._request(trainer)
 
-    def on_step(self, trainer, loss: float) -> None:
-        backend = trainer.backend
-        stats = getattr(backend, "last_gradient_stats", None)
-        if stats is not None:
-            backend.last_gradient_stats = None
-            for layer in stats:
-                row = (trainer.global_step, trainer.epoch + 1, layer.layer, repr(float(layer.weight_grad_norm)),
-                       repr(float(layer.input_grad_norm)), repr(float(layer.update_ratio)))
-                if self.log is not None:
-                    self.log.write(row)
-                else:
-                    self.rows.append(row)
-        elif getattr(backend, "track_next_step", False) and not self.warned:
-            import warnings
+    def wants_layer_stats(self, trainer) -> bool:
+        # Step global_step + 1 comes next; track it when it is 1 more than a multiple of every.
+        return trainer.global_step % self.every == 0
 
-            self.warned = True  # the flag was set and never consumed: this backend cannot track
-            warnings.warn(f"--track-gradients: the {type(backend).__name__} backend records no gradient statistics")
-        self._request(trainer)
+    def on_layer_stats(self, trainer, stats) -> None:
+        if stats is None:
+            if not self.warned:
+                import warnings
+
+                self.warned = True  # asked for and not measured: this backend cannot track
+                warnings.warn(f"--track-gradients: the {type(trainer.backend).__name__} backend records no gradient statistics")
+            return
+        for layer in stats:
+            row = (trainer.global_step, trainer.epoch + 1, layer.layer, repr(float(layer.weight_grad_norm)),
+                   repr(float(layer.input_grad_norm)), repr(float(layer.update_ratio)))
+            if self.log is not None:
+                self.log.write(row)
+            else:
+                self.rows.append(row)
 
     def _flush(self, trainer, *args) -> None:
         if self.log is not None:
@@ -276,37 +278,39 @@ class GradientTracker:
     on_epoch_end = on_interrupt = on_diverged = _flush
 
     def close(self, trainer) -> None:
-        trainer.backend.track_next_step = False
         if self.log is not None:
             self.log.close()
 
 
-class ReportListener:
+class ReportListener(Listener):
     """Writes report.md / report.html and the figures at the end of a run.
 
     matplotlib is imported only then. Importing it in a background thread during training was
     tried and dropped: on two cores the thread's 0.7 s of CPU (mostly under the GIL) slowed the
     first epoch by as much, so the run ended no sooner and its first epoch looked twice as slow."""
 
+    #: the report writer, a layer above training (named, not imported: see mlplab.plugins)
+    WRITER = "mlplab.report:write_report"
+
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
 
     def on_train_end(self, trainer, result) -> None:
-        from mlplab.report import write_report
+        from mlplab.plugins import load
 
-        write_report(self.run_dir)
+        load(self.WRITER)(self.run_dir)
 
 
-class EarlyStopping:
+class EarlyStopping(Listener):
     """Stops training after ``patience`` epochs without a better validation accuracy."""
 
     def __init__(self, patience: int):
         self.patience = patience
 
-    def on_epoch_end(self, trainer, row: dict) -> None:
+    def on_epoch_end(self, trainer, row: dict) -> str | None:
         if trainer.epochs_without_improvement >= self.patience:
-            trainer.stop = True
-            trainer.stop_reason = "early_stopped"
+            return "early_stopped"
+        return None
 
 
 def default_listeners(config, run_dir: Path | None, *, resumed: bool = False) -> list:

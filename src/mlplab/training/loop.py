@@ -24,6 +24,7 @@ from mlplab.errors import CheckpointError, ConfigError, DivergedError, TrainingI
 from mlplab.optim import make_schedule
 from mlplab.training.backends import make_backend
 from mlplab.training.checkpoint import load_checkpoint
+from mlplab.training.hooks import as_listener
 from mlplab.training.run import prepare_run_dir
 
 #: options a resumed run may change; everything else must match the saved run
@@ -77,25 +78,16 @@ def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
                    image_shape=None) -> EvalResult:
     """Mean cross-entropy, accuracy and predictions of ``backend`` over a whole split, in chunks.
     With ``tta_flip`` the class probabilities are averaged with those of the mirrored images."""
+    from mlplab.metrics import chunked_log_probs
+
     n = x.shape[0]
     if n == 0:
         return EvalResult(float("nan"), float("nan"), np.empty(0, dtype=np.int64), 0)
-    if tta_flip:
-        from mlplab.data.augment import flip_horizontal
     loss_sum = 0.0
     predictions = np.empty(n, dtype=np.int64)
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        logits = np.asarray(backend.predict_logits(x[start:stop]), dtype=np.float64)
-        log_probs = logits - logits.max(axis=1, keepdims=True)
-        log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-        if tta_flip:
-            flipped = np.asarray(backend.predict_logits(flip_horizontal(x[start:stop], image_shape)), dtype=np.float64)
-            flipped -= flipped.max(axis=1, keepdims=True)
-            flipped -= np.log(np.exp(flipped).sum(axis=1, keepdims=True))
-            log_probs = np.log(0.5 * (np.exp(log_probs) + np.exp(flipped)))
-        labels = y[start:stop]
-        loss_sum -= float(log_probs[np.arange(stop - start), labels].sum())
+    for start, stop, log_probs in chunked_log_probs(backend.predict_logits, x, batch_size, tta_flip=tta_flip,
+                                                    image_shape=image_shape):
+        loss_sum -= float(log_probs[np.arange(stop - start), y[start:stop]].sum())
         predictions[start:stop] = np.argmax(log_probs, axis=1)
     accuracy = float(np.count_nonzero(predictions == y)) / n
     return EvalResult(loss_sum / n, accuracy, predictions, n)
@@ -104,9 +96,10 @@ def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
 class Trainer:
     """Runs epochs over a :class:`~mlplab.data.DatasetSplits` with a backend, calling listeners.
 
-    Listener hooks (each optional): ``on_train_start(trainer)``, ``on_epoch_start(trainer)``,
-    ``on_step(trainer, loss)``, ``on_epoch_end(trainer, row)``, ``on_interrupt(trainer)``,
-    ``on_diverged(trainer)``, ``on_train_end(trainer, result)``, ``close()``.
+    Listeners are :class:`mlplab.training.hooks.Listener` objects (an object with only some of
+    the hooks is wrapped as one); the trainer's fields are the trainer's own: a listener stops
+    training by what its ``on_epoch_end`` returns, and asks for gradient statistics by what its
+    ``wants_layer_stats`` returns.
     """
 
     def __init__(self, config: TrainConfig, data, *, listeners=(), run_dir: Path | None = None):
@@ -115,7 +108,7 @@ class Trainer:
         self.config = config
         self.data = data
         self.run_dir = run_dir
-        self.listeners = list(listeners)
+        self.listeners = [as_listener(listener) for listener in listeners]
         model_seed, shuffle_seed, augment_seed = np.random.SeedSequence(config.seed).spawn(3)
         self.backend = make_backend(config, data.num_features, data.num_classes, model_seed)
         self.shuffle_rng = np.random.default_rng(shuffle_seed)
@@ -154,11 +147,9 @@ class Trainer:
         self._signal: int | None = None
 
     # -- listeners ---------------------------------------------------------------------
-    def emit(self, hook: str, *args) -> None:
+    def close_listeners(self) -> None:
         for listener in self.listeners:
-            method = getattr(listener, hook, None)
-            if method is not None:
-                method(self, *args)
+            listener.close(self)
 
     # -- resumable state ---------------------------------------------------------------
     def training_state(self) -> dict:
@@ -226,7 +217,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self.emit("on_train_start")
+        for listener in self.listeners:
+            listener.on_train_start(self)
         # Overflow on the way to a diverging loss is reported once, as DivergedError, not as
         # a stream of NumPy warnings: the loss itself is checked after every step.
         with _StopSignals(self), np.errstate(over="ignore", invalid="ignore"):
@@ -240,7 +232,8 @@ class Trainer:
         config, train = self.config, self.data.train
         if self.step_in_epoch == 0:
             self.epoch_start_shuffle_state = self.shuffle_rng.bit_generator.state
-        self.emit("on_epoch_start")
+        for listener in self.listeners:
+            listener.on_epoch_start(self)
         started = time.perf_counter()
         sums = self.epoch_sums
         stream = batches(
@@ -249,7 +242,11 @@ class Trainer:
         )
         for xb, yb in stream:
             self.lr = self.schedule(self.global_step)
-            loss, correct = self.backend.train_step(xb, yb, self.lr)
+            # every listener is asked (none is skipped because an earlier one said yes)
+            wants = [listener.wants_layer_stats(self) for listener in self.listeners]
+            track = any(wants)
+            step = self.backend.train_step(xb, yb, self.lr, track=track)
+            loss, correct = step.loss, step.correct
             if not math.isfinite(loss):
                 self.diverged(loss)
             n = yb.shape[0]
@@ -259,7 +256,11 @@ class Trainer:
             self.global_step += 1
             self.step_in_epoch += 1
             self.last_loss = loss
-            self.emit("on_step", loss)
+            if track:
+                for listener in self.listeners:
+                    listener.on_layer_stats(self, step.layer_stats)
+            for listener in self.listeners:
+                listener.on_step(self, loss)
             if self._signal is not None:
                 sums["seconds"] += time.perf_counter() - started
                 self.interrupted()
@@ -283,7 +284,11 @@ class Trainer:
         self.epoch_start_shuffle_state = self.shuffle_rng.bit_generator.state
         self.epoch_sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self.track_best(row)
-        self.emit("on_epoch_end", row)
+        for listener in self.listeners:
+            decision = listener.on_epoch_end(self, row)
+            if decision and not self.stop:
+                self.stop = True
+                self.stop_reason = decision if isinstance(decision, str) else "stopped"
 
     def track_best(self, row: dict) -> None:
         accuracy = row["val_accuracy"]
@@ -305,7 +310,8 @@ class Trainer:
 
     def diverged(self, loss: float) -> None:
         self.stop_reason = "diverged"
-        self.emit("on_diverged")
+        for listener in self.listeners:
+            listener.on_diverged(self)
         epoch, step = self.epoch + 1, self.step_in_epoch + 1
         raise DivergedError(
             f"training diverged: the loss became {loss} at epoch {epoch}, step {step} (global step {self.global_step + 1}, "
@@ -316,7 +322,8 @@ class Trainer:
     def interrupted(self) -> None:
         signum = self._signal
         self.stop_reason = "interrupted"
-        self.emit("on_interrupt")
+        for listener in self.listeners:
+            listener.on_interrupt(self)
         name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
         where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
         if self.run_dir is not None:
@@ -355,7 +362,8 @@ class Trainer:
             best_epoch=self.best_epoch, best_val_accuracy=self.best_val_accuracy, test_accuracy=test.accuracy,
             test_loss=test.loss, summary=summary, run_dir=self.run_dir, class_names=list(self.data.class_names),
         )
-        self.emit("on_train_end", result)
+        for listener in self.listeners:
+            listener.on_train_end(self, result)
         return result
 
 
@@ -484,7 +492,7 @@ def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **
     try:
         return trainer.run()
     finally:
-        trainer.emit("close")
+        trainer.close_listeners()
         close = getattr(trainer.backend, "close", None)
         if close is not None:
             close()

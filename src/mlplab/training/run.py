@@ -22,26 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mlplab import __version__
+from mlplab._version import __version__
 from mlplab.errors import CheckpointError
-from mlplab.storage import atomic_write, storage_error, write_json_atomic
+from mlplab.storage import atomic_write, default_run_dir, stamped_dir, storage_error, write_json_atomic  # noqa: F401
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 STEP_COLUMNS = ("epoch", "step", "loss")
-
-
-def stamped_dir(root: str, prefix: str = "", name: str = "") -> Path:
-    """``root/<prefix><date-time>[-<name>]``, with ``-2``, ``-3``, … appended while that exists."""
-    base = prefix + _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
-    path, suffix = Path(root) / base, 1
-    while path.exists():
-        suffix += 1
-        path = Path(root) / f"{base}-{suffix}"
-    return path
-
-
-def default_run_dir(short_name: str, root: str = "runs") -> Path:
-    return stamped_dir(root, name=short_name)
+#: figure files the report (mlplab.report) writes into the run folder
+FIGURES = {
+    "loss_steps": "loss_steps.png",
+    "curves": "curves.png",
+    "confusion": "confusion.png",
+    "per_class": "per_class.png",
+    "gradients": "gradients.png",
+}
 
 
 def prepare_run_dir(path, *, overwrite: bool = False, create: bool = True) -> Path:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from mlplab.errors import ConfigError, MissingDependencyError, MlplabError
+from mlplab.training.hooks import Listener
 
 #: the history.csv columns sent to both trackers, at step = epoch (same names)
 HISTORY_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
@@ -162,7 +163,7 @@ def step_points(trainer, after: int) -> list[tuple[int, float]]:
 # =============================================================================================
 # TensorBoard
 # =============================================================================================
-class TensorBoardListener:
+class TensorBoardListener(Listener):
     """Writes TensorBoard event files (see the module's docstring). ``log_dir``: a folder, or
     True for ``RUN_DIR/tensorboard``."""
 
@@ -275,7 +276,7 @@ def _metric(name: str, value: float, step: int):
     return Metric(name, float(value), int(time.time() * 1000), int(step))
 
 
-class MlflowListener:
+class MlflowListener(Listener):
     """Logs the run to MLflow (see the module's docstring). ``tracking_uri``: a URI, or True for
     MLflow's default (``MLFLOW_TRACKING_URI`` when set); ``parent_run_id``: nests the run (a
     sweep's trial under the sweep's run)."""
@@ -385,7 +386,7 @@ class MlflowListener:
         self._end("FAILED")
 
     def on_train_end(self, trainer, result) -> None:
-        from mlplab.report import FIGURES
+        from mlplab.training.run import FIGURES
 
         self.pending.append(_metric(TEST_METRIC, result.test_accuracy, trainer.epoch))
         self._send()

@@ -15,12 +15,14 @@ import numpy as np
 
 from mlplab.config import TrainConfig, resolve_config
 from mlplab.training.checkpoint import write_json_atomic, write_text_atomic
+from mlplab.training.hooks import Listener
 from mlplab.training.run import prepare_run_dir
 
+#: the two backends compared (names in mlplab.training.backends.BACKENDS)
 BACKENDS = ("numpy", "torch")
 
 
-class _InitialState:
+class _InitialState(Listener):
     """Listener keeping the weights a run starts from (to prove both runs start alike)."""
 
     state: dict | None = None
