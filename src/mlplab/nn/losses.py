@@ -1,4 +1,4 @@
-"""Losses (docs/backprop.md, "Softmax and cross-entropy").
+"""Losses (docs/backprop.md, "Softmax and cross-entropy together").
 
 Both losses are means over the batch. Labels are integer class indices of shape (batch,) or
 target distributions of shape (batch, classes) (one-hot rows, or smoothed ones). Their backward
