@@ -179,7 +179,7 @@ class Adam(Optimizer):
             elif self.weight_decay:
                 g = g + self.weight_decay * p
             m, v = self.state["exp_avg"][index], self.state["exp_avg_sq"][index]
-            if m is None:
+            if m is None or v is None:  # both are created together, on the first step
                 m = self.state["exp_avg"][index] = np.zeros_like(p)
                 v = self.state["exp_avg_sq"][index] = np.zeros_like(p)
             m *= beta1
@@ -216,6 +216,12 @@ class Schedule:
     """The learning rate as a function of the optimisation step (0-based)."""
 
     def __call__(self, step: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def from_epochs(cls, base_lr, *, steps_per_epoch, epochs, warmup_steps, step_epochs, gamma,
+                    min_lr) -> Schedule:  # pragma: no cover - abstract
+        """The schedule for training options counted in epochs (see :func:`make_schedule`)."""
         raise NotImplementedError
 
 
@@ -296,6 +302,6 @@ def make_schedule(name: str, base_lr: float, *, steps_per_epoch: int, epochs: in
     """A schedule by name (see :data:`SCHEDULES`) with its lengths given in epochs."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
     return SCHEDULES[name].from_epochs(base_lr, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_steps=warmup_steps,
                                        step_epochs=step_epochs, gamma=gamma, min_lr=min_lr)

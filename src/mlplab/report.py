@@ -92,7 +92,7 @@ class Document:
     ``('figure', file name, caption)``, ``('list', items)``, and ``('fold', summary)`` ...
     ``('end fold',)`` around the blocks of a folded part (:meth:`folded`)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.blocks: list[tuple] = []
 
     def heading(self, text: str, level: int = 2) -> None:

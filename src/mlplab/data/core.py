@@ -191,8 +191,8 @@ def assemble(read_rows: ReadRows, n: int, split_indices: list[np.ndarray], chann
     conversion writes ``pixel * (1 / (pixel_max std)) - mean / std`` straight into them.
     """
     if mean is None:
-        scale = np.full(channels, 1.0 / pixel_max)
-        shift = np.zeros(channels)
+        scale: np.ndarray = np.full(channels, 1.0 / pixel_max)
+        shift: np.ndarray = np.zeros(channels)
     else:
         scale = 1.0 / (pixel_max * np.asarray(std, np.float64))
         shift = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
@@ -205,11 +205,12 @@ def assemble(read_rows: ReadRows, n: int, split_indices: list[np.ndarray], chann
         for start, stop, rows, selected in _chunks(read_rows, indices):
             if width is None:
                 width = rows.shape[1]
-            if outputs[s] is None:
-                outputs[s] = np.empty((len(indices), width), np.float32)
+            out = outputs[s]
+            if out is None:
+                out = outputs[s] = np.empty((len(indices), width), np.float32)
             part = rows if len(selected) == stop - start else rows[selected - start]
             k = len(part)
-            dest = outputs[s][filled:filled + k].reshape(k, channels, -1)
+            dest = out[filled:filled + k].reshape(k, channels, -1)
             np.multiply(part.reshape(k, channels, -1), scale, out=dest)
             dest += shift
             filled += k

@@ -22,7 +22,7 @@ class Updater:
     """``update(optimizer)``: one ``optimizer.step()``, computed in place. SGD (plain, momentum,
     Nesterov, weight decay, dampening), Adam and AdamW; any other optimiser steps itself."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._plans: dict[int, Axpy] = {}
         self._scratch_arrays: dict[tuple[int, int], np.ndarray] = {}
 

@@ -1,6 +1,6 @@
 """NumPy modules with closed-form backward passes (the derivations: docs/backprop.md)."""
 
-from mlplab.nn.activations import ELU, GELU, ReLU, LeakyReLU, Sigmoid, Softmax, Tanh, make_activation, softmax
+from mlplab.nn.activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, make_activation, softmax
 from mlplab.nn.base import Module
 from mlplab.nn.containers import Residual, Sequential
 from mlplab.nn.linear import Linear
@@ -14,8 +14,25 @@ SoftMaxModule = Softmax
 CrossEntropyModule = CrossEntropy
 
 __all__ = [
-    "Module", "Linear", "ELU", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax",
-    "CrossEntropy", "SoftmaxCrossEntropy", "BatchNorm1d", "Dropout", "Sequential", "Residual",
-    "make_activation", "softmax",
-    "LinearModule", "ELUModule", "SoftMaxModule", "CrossEntropyModule",
+    "ELU",
+    "GELU",
+    "BatchNorm1d",
+    "CrossEntropy",
+    "CrossEntropyModule",
+    "Dropout",
+    "ELUModule",
+    "LeakyReLU",
+    "Linear",
+    "LinearModule",
+    "Module",
+    "ReLU",
+    "Residual",
+    "Sequential",
+    "Sigmoid",
+    "SoftMaxModule",
+    "Softmax",
+    "SoftmaxCrossEntropy",
+    "Tanh",
+    "make_activation",
+    "softmax",
 ]

@@ -10,6 +10,7 @@ statistics) live in ``buffers`` and are saved with the parameters, but receive n
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -207,8 +208,10 @@ def check_dout(module: Module, dout: np.ndarray, expected_shape: tuple[int, ...]
         )
 
 
-def require_cache(module: Module, key: str) -> object:
-    """The cached value ``key``, or a clear error when backward is called before forward."""
+def require_cache(module: Module, key: str) -> Any:
+    """The cached value ``key``, or a clear error when backward is called before forward.
+
+    Typed ``Any``: the cache holds arrays, shapes and flags, and each backward knows which it stored."""
     try:
         return module.cache[key]
     except KeyError:

@@ -36,7 +36,7 @@ class Sequential(Module):
             x = module.forward(x)
         return x
 
-    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:  # type: ignore[override]  # None with need_input_grad=False
         """Backward through the modules in reverse. ``need_input_grad=False`` lets a first
         Linear skip its dx product (training never needs the gradient of the data)."""
         modules = list(self._children.values())

@@ -51,7 +51,7 @@ class Linear(Module):
         self.cache["x"] = x
         return out
 
-    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:  # type: ignore[override]  # None with need_input_grad=False
         """dW = doutᵀ x, db = 1ᵀ dout, dx = dout W. With ``need_input_grad=False`` dx is skipped
         (nothing needs the gradient of the data). The gradients are written into ``grads``,
         whose arrays the optimiser holds."""

@@ -49,7 +49,7 @@ class CrossEntropy(Module):
         super().__init__()
         self.eps = float(eps)
 
-    def forward(self, probs: np.ndarray, labels) -> float:
+    def forward(self, probs: np.ndarray, labels) -> float:  # type: ignore[override]  # a loss maps (scores, labels) to a number, not x to y
         check_2d(self, probs, what="probs")
         batch, classes = probs.shape
         index, dist = _targets(self, labels, classes, batch, probs.dtype)
@@ -58,7 +58,7 @@ class CrossEntropy(Module):
             return float(-np.mean(np.log(clipped[np.arange(batch), index])))
         return float(-np.sum(dist * np.log(clipped)) / batch)
 
-    def backward(self, probs: np.ndarray, labels) -> np.ndarray:
+    def backward(self, probs: np.ndarray, labels) -> np.ndarray:  # type: ignore[override]  # a loss maps (scores, labels) to a number, not x to y
         """dL/dprobs = −t / (S · clip(p)), zero where the target is zero."""
         check_2d(self, probs, what="probs")
         batch, classes = probs.shape
@@ -69,6 +69,7 @@ class CrossEntropy(Module):
             rows = np.arange(batch)
             grad[rows, index] = -1.0 / (batch * clipped[rows, index])
         else:
+            assert dist is not None  # _targets returns either class indices or a distribution
             grad = -dist / (batch * clipped)
         return grad
 
@@ -80,6 +81,8 @@ class SoftmaxCrossEntropy(Module):
     t is the one-hot (or given, or smoothed) target. ``label_smoothing`` ε replaces the target t
     with (1 − ε) t + ε/C, exactly as ``torch.nn.CrossEntropyLoss(label_smoothing=ε)``.
     """
+
+    label_smoothing: float
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -95,6 +98,7 @@ class SoftmaxCrossEntropy(Module):
         if index is not None:  # class indices: one-hot rows
             target = np.zeros_like(logits)
             target[np.arange(batch), index] = 1
+        assert target is not None  # _targets returns either class indices or a distribution
         if self.label_smoothing:
             target = (1 - self.label_smoothing) * target + self.label_smoothing / classes
         # log p = z − logsumexp(z), with the row maximum taken out first: every exponent is <= 0
@@ -108,11 +112,11 @@ class SoftmaxCrossEntropy(Module):
         batch = len(log_probs)
         return float(-np.sum(target * log_probs, dtype=np.float64)) / batch if batch else float("nan")
 
-    def forward(self, logits: np.ndarray, labels) -> float:
+    def forward(self, logits: np.ndarray, labels) -> float:  # type: ignore[override]  # a loss maps (scores, labels) to a number, not x to y
         """logits: (batch, classes); labels: (batch,) ints or (batch, classes). Returns the mean loss."""
         return self._loss(*self._targets_and_log_probs(logits, labels))
 
-    def backward(self, logits: np.ndarray, labels) -> np.ndarray:
+    def backward(self, logits: np.ndarray, labels) -> np.ndarray:  # type: ignore[override]  # a loss maps (scores, labels) to a number, not x to y
         """dL/dlogits = (softmax(logits) − target) / batch, shape (batch, classes)."""
         target, log_probs = self._targets_and_log_probs(logits, labels)
         return (np.exp(log_probs) - target) / len(log_probs)

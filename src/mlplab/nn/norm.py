@@ -20,6 +20,9 @@ class BatchNorm1d(Module):
     ``running_var`` and ``num_batches_tracked``.
     """
 
+    eps: float
+    momentum: float
+
     def __init__(self, num_features, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float64):
         super().__init__()
         self.num_features = as_positive_int(num_features, "num_features", "BatchNorm1d")
@@ -117,6 +120,9 @@ class BatchNorm1d(Module):
 class Dropout(Module):
     """Inverted dropout: in train mode each element is zeroed with probability p and the
     survivors are scaled by 1/(1 − p), so eval mode is the identity. Has its own Generator."""
+
+    p: float
+    rng: np.random.Generator
 
     def __init__(self, p: float = 0.5, *, rng=None):
         super().__init__()
