@@ -46,9 +46,13 @@ class NumpyBackend:
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.device = "cpu"
         self.fast = fast_path.enabled(fast)
-        self.fused_step = None
+        self.fused_step: FusedStep | None = None
         if self.fast:
             self.fused_step = FusedStep(self.model, self.loss, self.optimizer)
+
+    def _fused(self) -> FusedStep:
+        assert self.fused_step is not None  # built in __init__ whenever self.fast is on
+        return self.fused_step
 
     def model_config(self) -> dict:
         return self.model.config()
@@ -57,7 +61,7 @@ class NumpyBackend:
         if track:
             return self._tracked_train_step(x, y, lr)
         if self.fast:
-            loss, logits = self.fused_step.step(x, y, lr)
+            loss, logits = self._fused().step(x, y, lr)
         else:  # the textbook step
             model = self.model
             model.train()
@@ -81,12 +85,12 @@ class NumpyBackend:
         weights_before = [layer.params["weight"].copy() for _, layer in linears]
         logits = model.forward(x)
         # the loss and the update that the untracked step would compute, bit for bit
-        loss_fn = self.fused_step.loss if self.fast else self.loss
+        loss_fn = self._fused().loss if self.fast else self.loss
         loss, dlogits = loss_fn.forward_backward(logits, y)
         input_grads = backward_with_input_grads(model, dlogits)
         self.optimizer.lr = lr
         if self.fast:
-            self.fused_step.updater.update(self.optimizer)
+            self._fused().updater.update(self.optimizer)
         else:
             self.optimizer.step()
         stats = layer_statistics(linears, weights_before, input_grads)
