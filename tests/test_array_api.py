@@ -274,3 +274,20 @@ def test_moving_to_numpy_keeps_a_numpy_model_exactly():
     np.testing.assert_array_equal(model.forward(x), reference.forward(x))
     for key, value in reference.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_float32_runs_the_same_formulas(lib, activation):
+    """float32 takes its own branches (ELU's clipped exp, GELU's constants): the same numbers up
+    to float32 rounding, and the arrays stay float32 in the other library."""
+    reference = MLP(6, [8, 8], 3, activation=activation, use_batch_norm=True, dropout=0.2, dtype=np.float32, seed=2)
+    model = moved(reference, lib)
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((10, 6)).astype(np.float32), rng.integers(0, 3, 10)
+    optimizer_ref, optimizer = SGD(reference.parameters(), lr=0.1, momentum=0.9), SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses_ref = train(reference, optimizer_ref, x, y, 3)
+    losses = train(model, optimizer, on(lib, x), on(lib, y), 3)
+    np.testing.assert_allclose(losses, losses_ref, rtol=1e-5)
+    logits = model.forward(on(lib, x))
+    assert logits.dtype == lib[0].float32
+    np.testing.assert_allclose(to_numpy(logits), reference.forward(x), rtol=1e-4, atol=1e-5)
