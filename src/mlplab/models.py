@@ -12,6 +12,7 @@ import numpy as np
 from mlplab.nn import BatchNorm1d, Dropout, Linear, Module, Residual, Sequential, make_activation, softmax
 from mlplab.nn.activations import ACTIVATIONS
 from mlplab.nn.linear import as_positive_int
+from mlplab.xp import is_numpy, namespace
 
 
 def hidden_widths(n_hidden, owner: str = "MLP") -> list[int]:
@@ -33,7 +34,12 @@ def as_seed_sequence(seed) -> np.random.SeedSequence:
 
 def predict_in_chunks(logits_of, x: np.ndarray, n_classes: int, dtype, batch_size: int = 1024) -> np.ndarray:
     """``logits_of`` applied to ``x`` ``batch_size`` rows at a time, into one (N, n_classes) array of
-    ``dtype``: the chunked prediction of both MLPs (the NumPy one here, the torch backend's)."""
+    ``dtype``: the chunked prediction of both MLPs (the NumPy one here, the torch backend's).
+    Arrays of another library than NumPy give the chunks joined in that library."""
+    if not isinstance(x, np.ndarray):
+        xp = namespace(x)
+        n = x.shape[0]  # slices stay inside the array: the standard leaves the rest unspecified
+        return xp.concat([logits_of(x[start : min(start + batch_size, n), ...]) for start in range(0, n, batch_size)], axis=0)
     out = np.empty((x.shape[0], n_classes), dtype=dtype)
     for start in range(0, x.shape[0], batch_size):
         out[start : start + batch_size] = logits_of(x[start : start + batch_size])
@@ -191,7 +197,8 @@ class MLP(Module):
         was_training = self.training
         self.eval()
         try:
-            return predict_in_chunks(self.forward, x, self.n_classes, np.result_type(x.dtype, self.dtype), batch_size)
+            dtype = np.result_type(x.dtype, self.dtype) if is_numpy(namespace(x)) else None
+            return predict_in_chunks(self.forward, x, self.n_classes, dtype, batch_size)
         finally:
             self.clear_cache()
             self.train(was_training)
@@ -202,7 +209,7 @@ class MLP(Module):
 
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Predicted class indices (batch,), in eval mode."""
-        return np.argmax(self.predict_logits(x, batch_size), axis=1)
+        return namespace(x).argmax(self.predict_logits(x, batch_size), axis=1)
 
     def extra_repr(self) -> str:
         return f"{self.n_inputs} -> {self.n_hidden} -> {self.n_classes}, activation={self.activation!r}"

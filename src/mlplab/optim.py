@@ -10,6 +10,14 @@ validation, ``--optimizer``, the NumPy backend (``cls(params, **cls.settings(con
 torch backend (``torch.optim.<torch_name>`` with the same keywords, state saved under
 ``state_names``) all read that entry. A schedule: a class with ``__call__`` and ``from_epochs``,
 registered in :data:`SCHEDULES`. Then name it in the README's option list (a test compares them).
+
+The updates are written against the array API standard (docs/array-api.md): the parameters,
+gradients and state may be any library's arrays (all one library, on one device). Parameters are
+updated with in-place operators (``p -= lr * d``) and the model writes each new gradient into
+the same array (``mlplab.nn.base.into``), so the ``(param, grad)`` pairs taken at construction
+stay valid on every library. The state is created in the parameters' library; ``state_dict``
+returns NumPy arrays, ``load_state_dict`` moves them back to the parameters' device. The
+schedules are plain Python floats.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import math
 import numpy as np
 
 from mlplab import validation
+from mlplab.xp import asarray, namespace, to_numpy
+from mlplab.xp import device as device_of
 
 
 def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
@@ -64,7 +74,10 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         for _, g in self.pairs:
-            g.fill(0)
+            if isinstance(g, np.ndarray):
+                g.fill(0)
+            else:
+                g[...] = 0
 
     def hyperparameters(self) -> dict:
         return {"lr": self.lr}
@@ -72,7 +85,7 @@ class Optimizer:
     def state_dict(self) -> dict:
         """``{"type", "step", "hyper": {...}, "state": {"name.index": array}}``: enough to resume."""
         arrays = {
-            f"{name}.{index}": np.array(value, copy=True)
+            f"{name}.{index}": np.array(to_numpy(value), copy=True)
             for name, values in self.state.items()
             for index, value in enumerate(values)
             if value is not None
@@ -97,7 +110,12 @@ class Optimizer:
                     f"{type(self).__name__}.load_state_dict: {key} has shape {value.shape}, "
                     f"parameter {index} has {self.pairs[index][0].shape}"
                 )
-            self.state[name][index] = np.array(value, dtype=self.pairs[index][0].dtype, copy=True)
+            param = self.pairs[index][0]
+            if isinstance(param, np.ndarray):
+                self.state[name][index] = np.array(value, dtype=param.dtype, copy=True)
+            else:  # a copy on the parameter's device, in its dtype
+                self.state[name][index] = asarray(np.array(value, copy=True), namespace(param),
+                                                  device=device_of(param), dtype=param.dtype)
 
 
 class SGD(Optimizer):
@@ -136,7 +154,7 @@ class SGD(Optimizer):
             if self.momentum:
                 buf = buffers[index]
                 if buf is None:  # the first step: b = d
-                    buf = buffers[index] = np.array(d, copy=True)
+                    buf = buffers[index] = namespace(d).asarray(d, copy=True)
                 else:
                     buf *= self.momentum
                     buf += (1 - self.dampening) * d
@@ -179,14 +197,15 @@ class Adam(Optimizer):
             elif self.weight_decay:
                 g = g + self.weight_decay * p
             m, v = self.state["exp_avg"][index], self.state["exp_avg_sq"][index]
+            xp = namespace(p)
             if m is None or v is None:  # both are created together, on the first step
-                m = self.state["exp_avg"][index] = np.zeros_like(p)
-                v = self.state["exp_avg_sq"][index] = np.zeros_like(p)
+                m = self.state["exp_avg"][index] = xp.zeros_like(p)
+                v = self.state["exp_avg_sq"][index] = xp.zeros_like(p)
             m *= beta1
             m += (1 - beta1) * g
             v *= beta2
             v += (1 - beta2) * g**2
-            p -= step_size * (m / (np.sqrt(v) / bias_correction2_sqrt + self.eps))
+            p -= step_size * (m / (xp.sqrt(v) / bias_correction2_sqrt + self.eps))
 
 
 class AdamW(Adam):

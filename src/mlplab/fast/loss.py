@@ -34,7 +34,7 @@ class FastSoftmaxCrossEntropy:
         module = self.module
         check_2d(module, logits, what="logits")
         batch, classes = logits.shape
-        index, dist = _targets(module, labels, classes, batch, logits.dtype)
+        index, dist = _targets(module, labels, logits)
         eps = module.label_smoothing
         shifted = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
         exps = np.exp(shifted)  # every exponent <= 0, each row sum >= 1: no overflow, safe log

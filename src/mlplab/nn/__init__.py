@@ -1,4 +1,5 @@
-"""NumPy modules with closed-form backward passes (the derivations: docs/backprop.md)."""
+"""Modules with closed-form backward passes (the derivations: docs/backprop.md), on NumPy arrays
+or, moved with ``Module.to``, any array-API library's (docs/array-api.md)."""
 
 from mlplab.nn.activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, make_activation, softmax
 from mlplab.nn.base import Module

@@ -19,12 +19,11 @@ import math
 import numpy as np
 
 from mlplab import validation
-from mlplab.nn.base import Module, check_2d, check_dout, require_cache
+from mlplab.nn.base import Module, check_2d, check_array, check_dout, into, require_cache
+from mlplab.xp import asarray, is_numpy, namespace, to_numpy
+from mlplab.xp import device as device_of
 
-
-def _check_input(module: Module, x: np.ndarray) -> None:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{type(module).__name__}: input must be a NumPy array, got {type(x).__name__}")
+_check_input = check_array
 
 
 def _finite_number(value, name: str, owner: str) -> float:
@@ -56,6 +55,15 @@ def erf(x: np.ndarray, *, use_scipy: bool = True) -> np.ndarray:
     if scipy_erf is not None:
         return scipy_erf(x)
     return _math_erf(x).astype(np.float64)
+
+
+def _erf(x):
+    """:func:`erf` of any library's array. The standard has no erf: other libraries' arrays are
+    taken to the host for it and brought back in their own dtype (only the exact GELU needs it)."""
+    xp = namespace(x)
+    if is_numpy(xp):
+        return erf(x)
+    return asarray(erf(to_numpy(x)), xp, device=device_of(x), dtype=x.dtype)
 
 
 class _Elementwise(Module):
@@ -110,26 +118,30 @@ class ELU(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
+        xp = namespace(x)
         alpha = self.alpha
         # With e = exp(min(x, 0)): h(x) = max(x, 0) + alpha (e − 1) and h'(x) = alpha e on the
-        # negative side, 1 on the positive one (where e = 1). No select (np.where) is needed,
+        # negative side, 1 on the positive one (where e = 1). No select (xp.where) is needed,
         # and the exponential never sees a positive argument, so it cannot overflow.
-        if x.dtype == np.float32:
+        if x.dtype == xp.float32:
             # Clipped at −80 too: below about −87 exp() gives float32 subnormals, slow on x86,
             # while alpha (e − 1) = −alpha to float32 precision from −17 on anyway.
-            e = x.clip(-80.0, 0.0)
-            np.exp(e, out=e)
+            e = xp.clip(x, -80.0, 0.0)
+            into(e, xp.exp, e)
             e_minus_1 = e - 1
         else:
-            e_minus_1 = np.expm1(np.minimum(x, 0))  # exact near 0, for the float64 gradient checks
+            e_minus_1 = xp.expm1(xp.minimum(x, 0.0))  # exact near 0, for the float64 gradient checks
             e = e_minus_1 + 1
         if alpha != 1:
             e_minus_1 *= alpha
-        out = np.maximum(x, 0)
+        out = xp.maximum(x, 0.0)
         out += e_minus_1
         if alpha != 1:
             e *= alpha
-            e += (1 - alpha) * (x > 0)
+            positive = x > 0
+            # NumPy adds (1 − alpha) in float64 before rounding (as it always has); the
+            # standard forbids mixing a bool array with a float, and float32 with float64.
+            e += (1 - alpha) * (positive if is_numpy(xp) else xp.astype(positive, x.dtype))
         self.cache["dydx"] = e
         return out
 
@@ -142,9 +154,10 @@ class ELU(_Elementwise):
     def derivatives(self, x):
         """h' = 1 and h'' = 0 for x > 0; h' = h'' = αeˣ otherwise (h'' jumps at 0: the
         one-sided value the forward pass uses is taken)."""
+        xp = namespace(x)
         positive = x > 0
-        scaled_exp = self.alpha * np.exp(np.minimum(x, 0))
-        return np.where(positive, 1.0, scaled_exp), np.where(positive, 0.0, scaled_exp)
+        scaled_exp = self.alpha * xp.exp(xp.minimum(x, 0.0))
+        return xp.where(positive, 1.0, scaled_exp), xp.where(positive, 0.0, scaled_exp)
 
 
 class ReLU(_Elementwise):
@@ -152,12 +165,14 @@ class ReLU(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
-        self.cache["dydx"] = (x > 0).astype(x.dtype)
-        return np.maximum(x, 0)
+        xp = namespace(x)
+        self.cache["dydx"] = xp.astype(x > 0, x.dtype)
+        return xp.maximum(x, 0.0)
 
     def derivatives(self, x):
         """h' = 1 for x > 0, else 0; h'' = 0 away from the kink."""
-        return (x > 0).astype(x.dtype), None
+        xp = namespace(x)
+        return xp.astype(x > 0, x.dtype), None
 
 
 class LeakyReLU(_Elementwise):
@@ -169,7 +184,7 @@ class LeakyReLU(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
-        dydx = np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype, copy=False)
+        dydx = self._slope(x)
         self.cache["dydx"] = dydx
         return x * dydx
 
@@ -179,9 +194,17 @@ class LeakyReLU(_Elementwise):
     def torch_twin(self):
         return "LeakyReLU", {"negative_slope": self.negative_slope}
 
+    def _slope(self, x):
+        """h'(x): 1 for x > 0, else negative_slope, in x's dtype."""
+        xp = namespace(x)
+        if is_numpy(xp):  # two scalars: NumPy picks float64 and rounds once to x's dtype
+            return np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype, copy=False)
+        ones = xp.ones_like(x)  # the standard's where needs an array among its two choices
+        return xp.where(x > 0, ones, self.negative_slope * ones)
+
     def derivatives(self, x):
         """h' = 1 for x > 0, else negative_slope; h'' = 0 away from the kink."""
-        return np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype), None
+        return self._slope(x), None
 
 
 class Tanh(_Elementwise):
@@ -189,21 +212,22 @@ class Tanh(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
-        out = np.tanh(x)
+        out = namespace(x).tanh(x)
         self.cache["dydx"] = 1 - out * out
         return out
 
     def derivatives(self, x):
         """h' = 1 − tanh²x, h'' = −2 tanh(x) h'."""
-        t = np.tanh(x)
+        t = namespace(x).tanh(x)
         d1 = 1 - t * t
         return d1, -2 * t * d1
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # e = exp(-|x|) <= 1 never overflows; σ(x) = 1/(1+e) for x >= 0 and e/(1+e) for x < 0.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1, e) / (1 + e)
+    xp = namespace(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0, e) / (1 + e)
 
 
 class Sigmoid(_Elementwise):
@@ -211,7 +235,7 @@ class Sigmoid(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
-        out = _sigmoid(x).astype(x.dtype, copy=False)
+        out = namespace(x).astype(_sigmoid(x), x.dtype, copy=False)
         self.cache["dydx"] = out * (1 - out)
         return out
 
@@ -239,19 +263,27 @@ class GELU(_Elementwise):
             raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
         self.approximate = approximate
 
+    def _constants(self, xp):
+        """c = √(2/π), √2 and √(2π): NumPy float64 scalars on NumPy (a float32 input is then
+        computed in float64, as it always was), Python floats for the other libraries."""
+        constants = (self._C, np.sqrt(2.0), np.sqrt(2 * np.pi))
+        return constants if is_numpy(xp) else tuple(map(float, constants))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
+        xp = namespace(x)
+        c, sqrt2, sqrt2pi = self._constants(xp)
         if self.approximate == "tanh":
-            t = np.tanh(self._C * (x + self._K * x**3))
+            t = xp.tanh(c * (x + self._K * x**3))
             out = 0.5 * x * (1 + t)
-            dydx = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * self._C * (1 + 3 * self._K * x * x)
+            dydx = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * self._K * x * x)
         else:
-            cdf = 0.5 * (1 + erf(x / np.sqrt(2.0)))
-            pdf = np.exp(-0.5 * np.minimum(x * x, 1e4)) / np.sqrt(2 * np.pi)
+            cdf = 0.5 * (1 + _erf(x / sqrt2))
+            pdf = xp.exp(-0.5 * xp.minimum(x * x, 1e4)) / sqrt2pi
             out = x * cdf
             dydx = cdf + x * pdf
-        self.cache["dydx"] = dydx.astype(x.dtype, copy=False)
-        return out.astype(x.dtype, copy=False)
+        self.cache["dydx"] = xp.astype(dydx, x.dtype, copy=False)
+        return xp.astype(out, x.dtype, copy=False)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -262,15 +294,17 @@ class GELU(_Elementwise):
     def derivatives(self, x):
         """tanh form, u = c(x + kx³): h'' = sech²u · [u' + ½x(u'' − 2 tanh(u) u'²)], u'' = 6ckx;
         exact form: h' = Φ + xφ, h'' = φ(x)(2 − x²)."""
+        xp = namespace(x)
+        c, sqrt2, sqrt2pi = self._constants(xp)
         if self.approximate == "tanh":
-            c, k = self._C, self._K
-            t = np.tanh(c * (x + k * x**3))
+            k = self._K
+            t = xp.tanh(c * (x + k * x**3))
             du = c * (1 + 3 * k * x * x)
             sech2 = 1 - t * t
             d1 = 0.5 * (1 + t) + 0.5 * x * sech2 * du
             return d1, sech2 * (du + 0.5 * x * (6 * c * k * x - 2 * t * du * du))
-        pdf = np.exp(-0.5 * np.minimum(x * x, 1e4)) / np.sqrt(2 * np.pi)
-        cdf = 0.5 * (1 + erf(x / np.sqrt(2.0)))
+        pdf = xp.exp(-0.5 * xp.minimum(x * x, 1e4)) / sqrt2pi
+        cdf = 0.5 * (1 + _erf(x / sqrt2))
         return cdf + x * pdf, pdf * (2 - x * x)
 
 
@@ -289,14 +323,15 @@ class Softmax(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         y = require_cache(self, "y")
         check_dout(self, dout, y.shape)
-        return y * (dout - np.sum(dout * y, axis=1, keepdims=True))
+        return y * (dout - namespace(y).sum(dout * y, axis=1, keepdims=True))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (batch, classes) scores, shifted by the row maximum (no overflow)."""
-    shifted = x - np.max(x, axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= np.sum(shifted, axis=1, keepdims=True)
+    xp = namespace(x)
+    shifted = x - xp.max(x, axis=1, keepdims=True)
+    into(shifted, xp.exp, shifted)
+    shifted /= xp.sum(shifted, axis=1, keepdims=True)
     return shifted
 
 

@@ -1,10 +1,16 @@
-"""The base class of every NumPy module.
+"""The base class of every module (NumPy arrays, or any array-API library's: docs/array-api.md).
 
 A module's ``forward(x)`` returns its output and keeps in ``self.cache`` what its backward pass
 needs; ``backward(dout)`` returns dL/dx and *overwrites* the arrays in ``self.grads`` (it never
 accumulates), writing into them in place so that an optimiser holding references to them sees
 the new values. ``params`` and ``grads`` share keys and shapes. Buffers (batch-norm running
 statistics) live in ``buffers`` and are saved with the parameters, but receive no gradient.
+
+Every pass takes its namespace from its arrays (``xp = namespace(x)``), so a module tree moved
+with :meth:`Module.to` runs on PyTorch tensors, CuPy or array-api-strict unchanged. The standard
+has no ``out=``: :func:`into` writes a result into an existing array with NumPy's ``out=`` on
+NumPy (no temporary) and the standard's ``target[...] = value`` elsewhere, so the gradient arrays
+an optimiser holds stay the same objects on every library.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from mlplab.xp import asarray, namespace, to_numpy
+from mlplab.xp import device as device_of
 
 
 class Module:
@@ -82,19 +91,40 @@ class Module:
 
     def zero_grad(self) -> None:
         for _, _, grad in self.named_parameters():
-            grad.fill(0)
+            fill_zero(grad)
+
+    # -- the array library ----------------------------------------------------------------
+    def to(self, xp: Any, device: Any = None) -> Module:
+        """Move every parameter, gradient and buffer of this tree to the array namespace ``xp``
+        (a namespace, or a name of :data:`mlplab.xp.LIBRARIES`) on ``device``; returns self.
+
+        The arrays are replaced by new ones, so build the optimiser after moving the model (or
+        build a new one). Caches are dropped. ``to(numpy)`` brings everything back to NumPy."""
+        if isinstance(xp, str):
+            from mlplab.xp import library
+
+            xp = library(xp)
+        for _, module in self.named_modules():
+            for store in (module.params, module.grads, module.buffers):
+                for key, value in store.items():
+                    # through a NumPy copy: a CPU tensor made from a NumPy array would share its memory
+                    store[key] = asarray(np.array(to_numpy(value), copy=True), xp, device=device)
+            module.cache = {}
+        return self
 
     # -- state dict ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer, keyed like PyTorch's ``state_dict()``."""
+        """Copies of every parameter and buffer, keyed like PyTorch's ``state_dict()``: NumPy
+        arrays whatever library the module runs on."""
         state: dict[str, np.ndarray] = {}
         for module_name, module in self.named_modules():
             for key, value in (*module.params.items(), *module.buffers.items()):
-                state[f"{module_name}.{key}" if module_name else key] = np.array(value, copy=True)
+                state[f"{module_name}.{key}" if module_name else key] = np.array(to_numpy(value), copy=True)
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy ``state`` into the existing arrays (in place, so optimiser references stay valid).
+        """Copy ``state`` into the existing arrays (in place, so optimiser references stay valid),
+        on whatever library and device they live.
 
         With ``strict`` every key must match and no key may be extra; shapes must always match.
         """
@@ -117,7 +147,10 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: {key} has shape {value.shape}, "
                     f"the model expects {target.shape}"
                 )
-            target[...] = value
+            if isinstance(target, np.ndarray):
+                target[...] = value
+            else:
+                target[...] = asarray(value, namespace(target), device=device_of(target), dtype=target.dtype)
 
     def extra_repr(self) -> str:
         return ""
@@ -186,11 +219,50 @@ class RDirection:
         self.rx: dict[int, np.ndarray | None] = {}
 
 
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is a NumPy array or another array-API library's (a torch tensor, a CuPy
+    array, an array-api-strict array), not a list or a number."""
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, (np.generic, int, float, complex, str, bytes, list, tuple)) or x is None:
+        return False
+    try:
+        import array_api_compat
+    except ImportError:
+        return False
+    return bool(array_api_compat.is_array_api_obj(x))
+
+
+def check_array(module: Module, x: Any, what: str = "input") -> None:
+    """Raise a ValueError naming ``module`` unless ``x`` is an array (see :func:`is_array`)."""
+    if not is_array(x):
+        raise ValueError(f"{type(module).__name__}: {what} must be a NumPy array (or another array-API "
+                         f"library's), got {type(x).__name__}")
+
+
+def into(target: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``target[...] = function(*args, **kwargs)``, returning ``target``: on NumPy through
+    ``out=target`` (no temporary), elsewhere with the standard's in-place assignment, which
+    keeps ``target`` the same object (the optimiser holds the gradient arrays)."""
+    if isinstance(target, np.ndarray):
+        function(*args, out=target, **kwargs)
+    else:
+        target[...] = function(*args, **kwargs)
+    return target
+
+
+def fill_zero(target: Any) -> None:
+    """Set every element of ``target`` to zero, in place."""
+    if isinstance(target, np.ndarray):
+        target.fill(0)
+    else:
+        target[...] = 0
+
+
 def check_2d(module: Module, x: np.ndarray, features: int | None = None, what: str = "input") -> None:
     """Raise a ValueError naming ``module`` unless ``x`` is (batch, features) with batch >= 1."""
     name = type(module).__name__
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name}: {what} must be a NumPy array, got {type(x).__name__}")
+    check_array(module, x, what)
     if x.ndim != 2:
         raise ValueError(f"{name}: {what} must be 2-D (batch, features), got shape {x.shape}")
     if x.shape[0] == 0:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mlplab import validation
-from mlplab.nn.base import Module, check_2d, check_dout, require_cache
+from mlplab.nn.base import Module, check_2d, check_dout, into, require_cache
+from mlplab.xp import namespace
 
 
 def as_positive_int(value, name: str, owner: str) -> int:
@@ -57,8 +58,9 @@ class Linear(Module):
         whose arrays the optimiser holds."""
         x = require_cache(self, "x")
         check_dout(self, dout, (x.shape[0], self.out_features))
-        np.matmul(dout.T, x, out=self.grads["weight"])  # dW = dYᵀX: the batch sum of outer products
-        np.sum(dout, axis=0, out=self.grads["bias"])  # db = 1ᵀdY
+        xp = namespace(dout, x)
+        into(self.grads["weight"], xp.matmul, dout.T, x)  # dW = dYᵀX: the batch sum of outer products
+        into(self.grads["bias"], xp.sum, dout, axis=0)  # db = 1ᵀdY
         return dout @ self.params["weight"] if need_input_grad else None  # dX = dY W
 
     def extra_repr(self) -> str:

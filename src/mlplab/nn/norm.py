@@ -6,8 +6,10 @@ import numbers
 
 import numpy as np
 
-from mlplab.nn.base import Module, check_2d, check_dout, require_cache
+from mlplab.nn.base import Module, check_2d, check_array, check_dout, into, require_cache
 from mlplab.nn.linear import as_generator, as_positive_int
+from mlplab.xp import asarray, is_numpy, namespace
+from mlplab.xp import device as device_of
 
 
 class BatchNorm1d(Module):
@@ -44,6 +46,7 @@ class BatchNorm1d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_2d(self, x, self.num_features)
+        xp = namespace(x)
         gamma, beta = self.params["weight"], self.params["bias"]
         if self.training:
             batch = x.shape[0]
@@ -52,10 +55,10 @@ class BatchNorm1d(Module):
                     f"BatchNorm1d: a batch of {batch} in train mode has no variance (input shape {x.shape}); "
                     "use a batch of at least 2 or eval mode"
                 )
-            mean = x.mean(axis=0)
+            mean = xp.mean(x, axis=0)
             centred = x - mean
-            var = np.mean(centred * centred, axis=0)
-            inv_std = 1.0 / np.sqrt(var + self.eps)
+            var = xp.mean(centred * centred, axis=0)
+            inv_std = 1.0 / xp.sqrt(var + self.eps)
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mean
@@ -64,7 +67,7 @@ class BatchNorm1d(Module):
             self.buffers["num_batches_tracked"] += 1
         else:
             centred = x - self.buffers["running_mean"]
-            inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+            inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
         xhat = centred * inv_std
         self.cache.update(xhat=xhat, inv_std=inv_std, training=self.training)
         return xhat * gamma + beta
@@ -74,9 +77,10 @@ class BatchNorm1d(Module):
         xhat = require_cache(self, "xhat")
         inv_std, training = self.cache["inv_std"], self.cache["training"]
         check_dout(self, dout, xhat.shape)
+        xp = namespace(dout)
         gamma = self.params["weight"]
-        np.sum(dout * xhat, axis=0, out=self.grads["weight"])
-        np.sum(dout, axis=0, out=self.grads["bias"])
+        into(self.grads["weight"], xp.sum, dout * xhat, axis=0)  # dγ = Σ dout ⊙ x̂
+        into(self.grads["bias"], xp.sum, dout, axis=0)  # dβ = Σ dout
         scale = gamma * inv_std
         if not training:
             return dout * scale
@@ -93,7 +97,7 @@ class BatchNorm1d(Module):
         return "BatchNorm1d in train mode" if self.training else None
 
     def r_state(self, x: np.ndarray) -> dict:
-        inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+        inv_std = 1.0 / namespace(x).sqrt(self.buffers["running_var"] + self.eps)
         return {"xhat": (x - self.buffers["running_mean"]) * inv_std, "inv_std": inv_std}
 
     def r_forward(self, rx, tape, r):
@@ -109,17 +113,22 @@ class BatchNorm1d(Module):
         """R{dγ} = Σ(R{dout} ⊙ x̂ + dout ⊙ R{x}/σ); R{dβ} = 1ᵀR{dout}; R{dx} = R{dout} γ/σ + dout v_γ/σ."""
         entry, rx, hv = tape[id(self)], r.rx[id(self)], r.hv[id(self)]
         xhat, inv_std, dout = entry["xhat"], entry["inv_std"], entry["dout"]
+        xp = namespace(rdout)
         if rx is None:
-            hv["weight"] += np.sum(rdout * xhat, axis=0)
+            hv["weight"] += xp.sum(rdout * xhat, axis=0)
         else:
-            hv["weight"] += np.sum(rdout * xhat + dout * rx * inv_std, axis=0)
+            hv["weight"] += xp.sum(rdout * xhat + dout * rx * inv_std, axis=0)
         hv["bias"] += rdout.sum(axis=0)
         return rdout * (self.params["weight"] * inv_std) + dout * (r.v[id(self)]["weight"] * inv_std)
 
 
 class Dropout(Module):
     """Inverted dropout: in train mode each element is zeroed with probability p and the
-    survivors are scaled by 1/(1 − p), so eval mode is the identity. Has its own Generator."""
+    survivors are scaled by 1/(1 − p), so eval mode is the identity. Has its own Generator.
+
+    The mask is drawn by that NumPy Generator on the host whatever the library (the standard has
+    no random numbers), and moved to the input's device as booleans: every library drops the
+    same units."""
 
     p: float
     rng: np.random.Generator
@@ -132,17 +141,19 @@ class Dropout(Module):
         self.rng = as_generator(rng)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise ValueError(f"Dropout: input must be a NumPy array, got {type(x).__name__}")
+        check_array(self, x)
+        xp = namespace(x)
         if not self.training or self.p == 0:
             self.cache["mask"] = None
             self.cache["shape"] = x.shape
             return x
         if self.p == 1:
-            mask = np.zeros_like(x)
+            mask = xp.zeros_like(x)
         else:
-            keep = self.rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= self.p
-            mask = keep.astype(x.dtype) / np.asarray(1 - self.p, dtype=x.dtype)
+            keep = self.rng.random(tuple(x.shape), dtype=np.float64 if x.dtype == xp.float64 else np.float32) >= self.p
+            if not is_numpy(xp):
+                keep = asarray(keep, xp, device=device_of(x))
+            mask = xp.astype(keep, x.dtype) / xp.asarray(1 - self.p, dtype=x.dtype, device=device_of(x))
         self.cache["mask"] = mask
         self.cache["shape"] = x.shape
         return x * mask
