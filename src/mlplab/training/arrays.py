@@ -50,6 +50,8 @@ def placement(library: str, device: str = "auto") -> Placement:
     """The namespace and device of ``--array-library library --device device``; one line
     (MissingDependencyError naming what to install, ConfigError for a missing GPU) otherwise."""
     xp = xpmod.library(library)
+    if library != "numpy":
+        xpmod.namespace(xpmod.asarray(np.zeros(1), xp))  # array-api-compat too, or its one line now
     if library == "numpy":  # the CPU whatever --device says (it names the torch twin's device)
         return Placement(library, xp, None, "cpu")
     if library == "array-api-strict":
@@ -121,21 +123,25 @@ class DeviceBatches:
         self.where = where
         self._source: tuple[int, int] | None = None  # ids of the host arrays the copy was made from
         self._arrays: tuple[Any, Any] | None = None
-        self.resident: bool | None = None  # decided on first use
+        self.resident: bool | None = None  # whether the last pass gathered on the device (None: no pass yet)
 
     def _device_split(self, x: np.ndarray, y: np.ndarray):
         key = (id(x), id(y))
         if self._source != key:
-            self.resident = split_on_device(self.where, x, y)
-            self._arrays = (self.where.asarray(x), self.where.asarray(y)) if self.resident else None
+            on_device = split_on_device(self.where, x, y)
+            self._arrays = (self.where.asarray(x), self.where.asarray(y)) if on_device else None
             self._source = key
+        self.resident = self._arrays is not None
         return self._arrays
 
     def __call__(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, rng=None,
                  drop_last: bool = False, augment=None, start: int = 0):
         from mlplab.data import batches
 
-        arrays = None if augment is not None else self._device_split(x, y)
+        if augment is not None:  # a NumPy transform: it must see every batch on the host
+            self.resident, arrays = False, None
+        else:
+            arrays = self._device_split(x, y)
         if arrays is None:  # per batch: gathered (and augmented) on the host, then copied
             for xb, yb in batches(x, y, batch_size, shuffle=shuffle, rng=rng, drop_last=drop_last,
                                   augment=augment, start=start):
