@@ -43,7 +43,7 @@ def _cupy_gpu() -> bool:
     try:
         import cupy
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
+    except Exception:  # noqa: BLE001 - not installed, or no driver: no GPU for CuPy either way
         return False
 
 

@@ -93,7 +93,9 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
         run_config = dataclasses.replace(config, backend=backend, out=str(runs[backend]), nproc=1)
         result = train(run_config, data=data, listeners=[capture, *listeners])
         results[backend] = result
-        initial[backend] = capture.state
+        state = capture.state
+        assert state is not None  # the capture listener records it in every run's on_train_start
+        initial[backend] = state
         devices[backend] = getattr(result.backend, "device", "cpu")
         first_loss[backend] = _first_loss(runs[backend])
 

@@ -28,7 +28,10 @@ class CheckpointError(MlplabError):
 
 
 class RunFolderBusy(CheckpointError):
-    """A run folder another process is writing (its lock is taken; exit code 1)."""
+    """A run folder another process is writing (its lock is taken; exit code 1). ``holder``:
+    what the holding process wrote into the lock file (pid, host, command), when it could be read."""
+
+    holder: dict | None = None
 
 
 class StorageError(CheckpointError, OSError):

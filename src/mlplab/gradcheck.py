@@ -15,7 +15,7 @@ run there, finite differences in float64 on that library; the NumPy generators d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def _on(where, array):
 def _moved(module: Module, where) -> Module:
     if not _elsewhere(where):
         return module
-    moved: Any = module.to(where.xp, where.device)  # type: ignore[attr-defined]
+    moved = cast(Any, module).to(where.xp, where.device)
     return module if moved is None else moved
 
 

@@ -295,7 +295,7 @@ def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None 
                 if scores.ndim != 2 or scores.shape[1] != num_classes:
                     raise ValueError(f"evaluate: the model gives scores of shape {scores.shape}, expected (batch, {num_classes})")
                 cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-            cm += confusion_matrix(scores, yb, num_classes)
+            cm += confusion_matrix(scores, yb, cm.shape[0])
     finally:
         if restore_training is not None:
             model.train(restore_training)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -103,6 +104,13 @@ class MLP(Module):
     Parameter names follow ``mlplab.torch.MLP``'s ``state_dict()`` (``layers.0.weight``, …).
     """
 
+    activation: str
+    use_batch_norm: bool
+    dropout: float
+    residual: bool
+    dtype: np.dtype
+    dropout_rng: np.random.Generator
+
     def __init__(
         self,
         n_inputs,
@@ -150,7 +158,7 @@ class MLP(Module):
 
     @property
     def layers(self) -> Sequential:
-        return self._children["layers"]
+        return cast(Sequential, self._children["layers"])  # __init__ registers a Sequential under this name
 
     def plan(self) -> list[LayerSpec]:
         """This MLP's :func:`layer_plan`."""
@@ -173,7 +181,7 @@ class MLP(Module):
         """x: (batch, n_inputs) -> logits (batch, n_classes)."""
         return self.layers.forward(x)
 
-    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:  # type: ignore[override]  # None with need_input_grad=False
         """dlogits: (batch, n_classes); fills every ``grads`` and returns dL/dx (batch, n_inputs),
         or None with ``need_input_grad=False`` (saves the first layer's largest product)."""
         return self.layers.backward(dlogits, need_input_grad=need_input_grad)

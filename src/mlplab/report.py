@@ -28,7 +28,7 @@ import numpy as np
 from mlplab.errors import CheckpointError
 from mlplab.metrics import DEFAULT_BETAS, classification_metrics, most_confused, precision_recall_leaning
 from mlplab.plots.jobs import FigureJobs
-from mlplab.training.run import FIGURES  # noqa: F401  (re-exported: report.FIGURES)
+from mlplab.training.run import FIGURES  # re-exported: report.FIGURES
 
 #: precision - recall beyond which a class is said to lean one way
 LEANING_MARGIN = 0.02

@@ -28,7 +28,7 @@ except ImportError:
 
 from mlplab.torch.model import MLP, Dropout, Residual, from_numpy, to_numpy  # noqa: E402
 
-__all__ = ["MLP", "Dropout", "Residual", "from_numpy", "to_numpy", "TorchBackend", "resolve_device"]
+__all__ = ["MLP", "Dropout", "Residual", "TorchBackend", "from_numpy", "resolve_device", "to_numpy"]
 
 
 def __getattr__(name):

@@ -59,7 +59,7 @@ class DistributedTorchBackend(TorchBackend):
         # Per-rank dropout masks: the generator's seed is offset by the rank.
         self.generator.manual_seed(self.generator.initial_seed() + self.rank)
         device_ids = [self.torch_device.index] if self.torch_device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp: DistributedDataParallel | None = DistributedDataParallel(self.model, device_ids=device_ids)
 
     @property
     def forward_module(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ NUMPY_DTYPES = {value: key for key, value in TORCH_DTYPES.items()}
 def make_activation(name: str) -> nn.Module:
     """The torch module computing what ``mlplab.nn.make_activation(name)`` computes: the
     ``torch.nn`` class and arguments that the NumPy activation names (its ``torch_twin``)."""
-    class_name, kwargs = make_numpy_activation(name).torch_twin()
+    class_name, kwargs = make_numpy_activation(name).torch_twin()  # type: ignore[attr-defined]  # every activation class has it, Module does not
     return getattr(nn, class_name)(**kwargs)
 
 
@@ -181,7 +182,8 @@ def to_numpy(torch_mlp: MLP, *, dtype=None):
 
     config = torch_mlp.config()
     if dtype is None:
-        dtype = NUMPY_DTYPES.get(torch_mlp.layers[-1].weight.dtype, np.dtype(np.float32))
+        last = cast(nn.Linear, torch_mlp.layers[-1])  # the logits layer of every MLP
+        dtype = NUMPY_DTYPES.get(last.weight.dtype, np.dtype(np.float32))
     model = NumpyMLP(config.pop("n_inputs"), config.pop("n_hidden"), config.pop("n_classes"), dtype=dtype, **config)
     model.load_state_dict(torch_mlp.numpy_state_dict(), strict=True)
     return model.train(torch_mlp.training)

@@ -74,7 +74,7 @@ def placement(library: str, device: str = "auto") -> Placement:
             raise ConfigError("--device cpu: CuPy arrays live on a GPU; use --array-library numpy or torch for the CPU")
         try:
             count = cupy.cuda.runtime.getDeviceCount()
-        except Exception:  # CUDARuntimeError without a driver: the same answer as no device
+        except Exception:  # noqa: BLE001 - CUDARuntimeError without a driver: the same answer as no device
             count = 0
         if count == 0:
             raise ConfigError("--array-library cupy: no CUDA device is visible; use --array-library numpy or torch")

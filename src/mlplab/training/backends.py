@@ -9,6 +9,7 @@ names the torch backend without importing it, so ``mlplab.training`` never impor
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class NumpyBackend:
         self.loss = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.fast = fast_path.enabled(fast) and self.where.is_numpy
-        self.fused_step = None
+        self.fused_step: FusedStep | None = None
         if self.fast:
             self.fused_step = FusedStep(self.model, self.loss, self.optimizer)
         #: the loop gathers training batches through this when it is set (None on NumPy: the host batches)
@@ -68,8 +69,12 @@ class NumpyBackend:
         """``model`` with its parameters, gradients and buffers on this backend's library and device."""
         if self.where.is_numpy:
             return model
-        moved = model.to(self.where.xp, self.where.device)
+        moved = cast(Any, model).to(self.where.xp, self.where.device)  # Module.to: moves the tree in place
         return model if moved is None else moved
+
+    def _fused(self) -> FusedStep:
+        assert self.fused_step is not None  # built in __init__ whenever self.fast is on
+        return self.fused_step
 
     def model_config(self) -> dict:
         return self.model.config()
@@ -91,7 +96,7 @@ class NumpyBackend:
             return self._tracked_train_step(x, y, lr)
         x, y = self._inputs(x, y)
         if self.fast:
-            loss, logits = self.fused_step.step(x, y, lr)
+            loss, logits = self._fused().step(x, y, lr)
         else:  # the textbook step
             model = self.model
             model.train()
@@ -119,12 +124,12 @@ class NumpyBackend:
         weights_before = [layer.params["weight"].copy() for _, layer in linears]
         logits = model.forward(x)
         # the loss and the update that the untracked step would compute, bit for bit
-        loss_fn = self.fused_step.loss if self.fast else self.loss
+        loss_fn = self._fused().loss if self.fast else self.loss
         loss, dlogits = loss_fn.forward_backward(logits, y)
         input_grads = backward_with_input_grads(model, dlogits)
         self.optimizer.lr = lr
         if self.fast:
-            self.fused_step.updater.update(self.optimizer)
+            self._fused().updater.update(self.optimizer)
         else:
             self.optimizer.step()
         stats = layer_statistics(linears, weights_before, input_grads)

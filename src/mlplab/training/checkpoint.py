@@ -42,7 +42,8 @@ def save_checkpoint(path, *, model: dict, meta: dict, optimizer: dict | None = N
             arrays[f"{prefix}/{key}"] = np.asarray(value)
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mlplab_version": __version__, **meta}
     arrays["__meta__"] = np.array(json.dumps(full_meta, default=_json_default))
-    atomic_write(path, lambda f: np.savez(f, **arrays), size=checkpoint_size(arrays))
+    # numpy's stub reads **arrays as if it could fill allow_pickle (a bool); every key here holds an array
+    atomic_write(path, lambda f: np.savez(f, **arrays), size=checkpoint_size(arrays))  # type: ignore[arg-type]
 
 
 def checkpoint_size(arrays) -> int:

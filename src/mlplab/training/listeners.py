@@ -164,22 +164,30 @@ class RunFolderListener(Listener):
         warn_if_short_of_space(trainer, self.run_dir)
 
     def on_step(self, trainer, loss: float) -> None:
-        self.steps.write((trainer.epoch + 1, trainer.global_step, repr(float(loss))))
+        steps = self.steps
+        assert steps is not None  # opened by on_train_start
+        steps.write((trainer.epoch + 1, trainer.global_step, repr(float(loss))))
 
     def on_epoch_end(self, trainer, row: dict) -> None:
-        self.steps.flush()
-        self.history.write(tuple("" if row[c] is None else row[c] for c in HISTORY_COLUMNS))
-        self.history.flush()
+        steps, history = self.steps, self.history
+        assert steps is not None and history is not None  # opened by on_train_start
+        steps.flush()
+        history.write(tuple("" if row[c] is None else row[c] for c in HISTORY_COLUMNS))
+        history.flush()
         save_training_state(self.run_dir / "last.npz", trainer.training_state())
         if trainer.improved:
             save_checkpoint(self.run_dir / "best.npz", model=trainer.best_state, meta=best_meta(trainer))
 
     def on_interrupt(self, trainer) -> None:
-        self.steps.flush()
+        steps = self.steps
+        assert steps is not None  # opened by on_train_start
+        steps.flush()
         save_training_state(self.run_dir / "last.npz", trainer.training_state())
 
     def on_diverged(self, trainer) -> None:
-        self.steps.flush()
+        steps = self.steps
+        assert steps is not None  # opened by on_train_start
+        steps.flush()
 
     def on_train_end(self, trainer, result) -> None:
         write_json_atomic(self.run_dir / "summary.json", result.summary)
@@ -264,7 +272,8 @@ class GradientTracker(Listener):
                 import warnings
 
                 self.warned = True  # asked for and not measured: this backend cannot track
-                warnings.warn(f"--track-gradients: the {type(trainer.backend).__name__} backend records no gradient statistics")
+                warnings.warn(f"--track-gradients: the {type(trainer.backend).__name__} backend records no gradient statistics",
+                              stacklevel=2)
             return
         for layer in stats:
             row = (trainer.global_step, trainer.epoch + 1, layer.layer, repr(float(layer.weight_grad_norm)),
@@ -278,7 +287,7 @@ class GradientTracker(Listener):
         if self.log is not None:
             self.log.flush()
 
-    on_epoch_end = on_interrupt = on_diverged = _flush
+    on_epoch_end = on_interrupt = on_diverged = _flush  # type: ignore[assignment]  # one flush for three hooks; row arrives positionally
 
     def close(self, trainer) -> None:
         if self.log is not None:

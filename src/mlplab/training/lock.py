@@ -34,7 +34,7 @@ from mlplab.errors import CheckpointError, RunFolderBusy
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no flock, run folders are not locked
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # checked before every use
 
 LOCK_NAME = ".lock"
 #: how long a refused process waits for a holder that has the lock but has not yet written its name
@@ -65,7 +65,8 @@ class RunLock:
             self.count -= 1
             if self.count > 0:
                 return
-            _held.pop(self.key, None)
+            if self.key is not None:
+                _held.pop(self.key, None)
             fd, self.fd = self.fd, None
         with contextlib.suppress(OSError):
             # An empty file tells a process that finds the lock taken by a newcomer, before the

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -137,7 +138,7 @@ class Trainer:
         self.stop = False
         self.stop_reason = "completed"
         self.epoch_start_shuffle_state = self.shuffle_rng.bit_generator.state
-        self.epoch_sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.epoch_sums: dict[str, Any] = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self.train_seconds = 0.0
         self.samples_trained = 0
         self.wall_start = time.perf_counter()
@@ -189,7 +190,7 @@ class Trainer:
         meta = checkpoint.meta
         try:
             self.backend.load_state_dict(checkpoint.model)
-            optimizer = {key: value for key, value in meta["optimizer"].items()}
+            optimizer = dict(meta["optimizer"].items())
             optimizer["state"] = dict(checkpoint.optimizer)
             self.backend.load_optimizer_state(optimizer)
             self.backend.load_rng_state(meta["rng"]["backend"])
@@ -446,6 +447,7 @@ def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **
     from mlplab.training.lock import lock_run_dir
 
     checkpoint = None
+    run_dir: Path | None
     if resume is not None:
         run_dir = Path(resume)
         if run_dir.is_dir() and is_primary_process():  # before last.npz is read: its writer may still be running
@@ -477,7 +479,7 @@ def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **
         run_lock.enter_context(lock_run_dir(run_dir, create=True))
         prepare_run_dir(run_dir, overwrite=config.overwrite)
     if checkpoint is not None and checkpoint.meta.get("epoch", 0) >= config.epochs and checkpoint.meta.get("step_in_epoch", 0) == 0 \
-            and (run_dir / "summary.json").exists():
+            and (cast(Path, run_dir) / "summary.json").exists():  # a checkpoint comes from --resume: run_dir is set
         raise CheckpointError(
             f"--resume: the run in {str(run_dir)!r} already finished {checkpoint.meta['epoch']} epochs; "
             "pass a larger --epochs to continue it"

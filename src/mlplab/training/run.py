@@ -115,13 +115,13 @@ def blas_info() -> dict:
                     "library": entry.get("internal_api"), "version": entry.get("version"),
                     "threads": entry.get("num_threads"), "architecture": entry.get("architecture"),
                 }
-    except Exception:  # pragma: no cover - optional
+    except Exception:  # noqa: BLE001  # pragma: no cover - optional: a threadpoolctl failure only loses this detail
         pass
     try:
         config = np.show_config(mode="dicts")
         blas = config.get("Build Dependencies", {}).get("blas", {})
         return {"library": blas.get("name"), "version": blas.get("version"), "threads": None}
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001  # pragma: no cover - a NumPy without show_config dicts: no BLAS detail
         return {}
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from mlplab.errors import ConfigError, MissingDependencyError, MlplabError
 from mlplab.training.hooks import Listener
@@ -110,6 +111,7 @@ def check_tracking(config, run_dir, *, resumed: bool = False) -> None:
     if config.tensorboard:
         _tensorboard_modules()
         folder = tensorboard_dir(config.tensorboard, run_dir)
+        assert folder is not None  # config.tensorboard is set, so there is a folder
         if not resumed and event_files(folder):
             if not config.overwrite:
                 raise ConfigError(f"--tensorboard {str(folder)!r} already holds the event files of another run; give each "
@@ -183,7 +185,9 @@ class TensorBoardListener(Listener):
         from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
         last: dict[str, int] = {}
-        for path in event_files(self.folder):
+        folder = self.folder
+        assert folder is not None  # set by on_train_start before this is called
+        for path in event_files(folder):
             try:
                 for event in EventFileLoader(str(path)).Load():
                     for value in event.summary.value:
@@ -194,11 +198,13 @@ class TensorBoardListener(Listener):
 
     def on_train_start(self, trainer) -> None:
         EventFileWriter, self.event_pb2, self.summary_pb2, self.hparams = _tensorboard_modules()
-        self.folder = tensorboard_dir(self.log_dir, trainer.run_dir)
+        folder = tensorboard_dir(self.log_dir, trainer.run_dir)
+        assert folder is not None  # the listener exists only when --tensorboard is on
+        self.folder = folder
         resumed = trainer.global_step > 0
         self.last = self.logged_steps() if resumed else {}
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             self.writer = self._new_writer(EventFileWriter)
         except OSError as exc:
             raise MlplabError(f"--tensorboard: cannot write event files in {str(self.folder)!r}: {exc.strerror or exc}") from None
@@ -261,7 +267,7 @@ def _experiment_id(client, name: str) -> str:
     if experiment is None:
         try:
             return client.create_experiment(name)
-        except Exception:  # noqa: BLE001 - another process (a sweep worker) created it first
+        except Exception:  # another process (a sweep worker) created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
@@ -288,7 +294,7 @@ class MlflowListener(Listener):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
-        self.client = None
+        self.client: Any = None  # an MlflowClient once on_train_start has run
         self.run_id: str | None = None
         self.ended = False
         self.last: dict[str, int] = {}
@@ -453,7 +459,7 @@ def sweep_trial(base, config, run_dir: Path, parent_run_id: str | None):
     the listener is made here, and ``mlflow`` is off in the trial's own config), and a
     ``--tensorboard DIR`` shared by the sweep becomes ``DIR/<trial folder>``."""
     listeners = []
-    changes = {}
+    changes: dict[str, Any] = {}
     if base.mlflow:
         listeners.append(MlflowListener(base.mlflow, base.mlflow_experiment, parent_run_id=parent_run_id))
         changes["mlflow"] = False
