@@ -262,6 +262,15 @@ def test_resume_on_another_library_follows_the_same_trajectory(tmp_path, first, 
     np.testing.assert_allclose(b["test_loss"], a["test_loss"], rtol=RTOL)
 
 
+def test_compare_puts_the_hand_derived_modules_on_torch_beside_the_twin(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--dataset", "digits", "--epochs", "1", "--hidden-dims", "16", "--device", "cpu",
+                 "--array-library", "torch", "--out", str(out), "-q", "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "numpy" / "summary.json").read_text())["array_library"] == "torch"
+    assert json.loads((out / "torch" / "summary.json").read_text())["array_library"] == "numpy"
+
+
 @pytest.mark.parametrize("library", OTHER_LIBRARIES)
 def test_gradcheck_runs_on_the_library(capsys, library):
     code = main(["gradcheck", "--array-library", library, "--device", "cpu"])
