@@ -73,13 +73,15 @@ def synchronise(backend) -> None:
         torch.cuda.synchronize()
 
 
-def epoch_seconds(backend, x, y, batch_size: int, seed: int) -> float:
+def epoch_seconds(backend, x, y, batch_size: int, seed: int, max_batches: int | None = None) -> float:
     source = getattr(backend, "batches", None) or batches
     rng = np.random.default_rng(seed)
     synchronise(backend)
     started = time.perf_counter()
     loss = 0.0
-    for xb, yb in source(x, y, batch_size, shuffle=True, rng=rng, drop_last=True):
+    for index, (xb, yb) in enumerate(source(x, y, batch_size, shuffle=True, rng=rng, drop_last=True)):
+        if max_batches is not None and index == max_batches:
+            break
         loss = backend.train_step(xb, yb, 0.01).loss
     synchronise(backend)
     seconds = time.perf_counter() - started
@@ -105,8 +107,8 @@ def main(argv=None) -> int:
     x, y, source = load_data(args.data_dir, args.samples)
     kinds = (["numpy"] if args.device == "cpu" else []) + list(args.libraries) + ["twin"]
     backends = {kind: make_backend(kind, args.device, args.dtype) for kind in kinds}
-    for kind, backend in backends.items():  # warm-up: allocations, kernels, the device copy of the data
-        epoch_seconds(backend, x[: 10 * args.batch_size], y[: 10 * args.batch_size], args.batch_size, 0)
+    for backend in backends.values():  # warm-up: allocations, kernels, the device copy of the data (made once)
+        epoch_seconds(backend, x, y, args.batch_size, 0, max_batches=10)
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
         order = kinds[repeat % len(kinds):] + kinds[: repeat % len(kinds)]
