@@ -90,7 +90,9 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
     results, initial, first_loss, devices = {}, {}, {}, {}
     for backend in BACKENDS:
         capture = _InitialState()
-        run_config = dataclasses.replace(config, backend=backend, out=str(runs[backend]), nproc=1)
+        # --array-library is the hand-derived side's: the twin computes on torch tensors anyway
+        library = config.array_library if backend == "numpy" else "numpy"
+        run_config = dataclasses.replace(config, backend=backend, out=str(runs[backend]), nproc=1, array_library=library)
         result = train(run_config, data=data, listeners=[capture, *listeners])
         results[backend] = result
         state = capture.state

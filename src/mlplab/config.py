@@ -97,6 +97,7 @@ class TrainConfig:
     # execution
     backend: str = "numpy"
     device: str = "auto"
+    array_library: str = "numpy"  # the arrays the hand-derived backend computes on (mlplab.xp.LIBRARIES)
     dtype: str = "float32"
     nproc: int = 1
     # output
@@ -149,6 +150,7 @@ class TrainConfig:
         c.schedule = _choice(c.schedule, "schedule", registry_names("SCHEDULES"))
         c.backend = _choice(c.backend, "backend", BACKENDS)
         c.device = _choice(c.device, "device", DEVICES)
+        c.array_library = _array_library(c.array_library, c.backend, c.device)
         c.dtype = _choice(c.dtype, "dtype", DTYPES)
         c.normalization = _choice(c.normalization, "normalization", registry_names("NORMALIZATIONS"))
         c.whitening = _choice(c.whitening, "whitening", registry_names("WHITENINGS"))
@@ -191,6 +193,8 @@ class TrainConfig:
             raise ConfigError(f"--momentum applies to --optimizer {' or '.join(takes['momentum'])} only (got --optimizer {c.optimizer}); Adam's betas play that role")
         if c.warmup_epochs > c.epochs:
             raise ConfigError(f"--warmup-epochs {c.warmup_epochs:g} is longer than --epochs {c.epochs}")
+        if c.track_gradients is not None and c.array_library != "numpy":
+            raise ConfigError(f"--track-gradients measures on NumPy arrays; it is not available with --array-library {c.array_library}")
         if c.nproc > 1 and c.backend != "torch":
             raise ConfigError("--nproc needs --backend torch (data parallelism runs on torch.distributed)")
         if c.nproc > 1 and c.batch_size % c.nproc:
@@ -216,6 +220,25 @@ def _choice(value, name: str, choices) -> str:
     what = "data set" if name == "dataset" else name.replace("_", " ")
     # data set names keep their dashes (fashion-mnist); other names read a dash as an underscore
     return validation.choice(value, f"--{_flag(name)}", choices, what=what, normalise=name != "dataset")
+
+
+def _array_library(value, backend: str, device: str) -> str:
+    """``--array-library``: a name of :data:`mlplab.xp.LIBRARIES`, for the hand-derived backend only."""
+    from mlplab.xp import LIBRARIES  # here, not at the top: reading this module stays free of NumPy
+
+    if isinstance(value, str):
+        value = value.replace("_", "-")  # array_api_strict, as the module is named
+    name = validation.choice(value, "--array-library", tuple(LIBRARIES), what="array library", normalise=False)
+    if name != "numpy" and backend != "numpy":
+        raise ConfigError(f"--array-library {name} runs the hand-derived modules (--backend numpy); "
+                          f"--backend {backend} is the autograd twin and takes --device alone")
+    # (--device cuda with NumPy arrays stays accepted and means the CPU, as before this option:
+    # `mlplab compare --device cuda` gives one device to both backends)
+    if device == "cuda" and name == "array-api-strict":
+        raise ConfigError("--device cuda: array-api-strict computes on the CPU; use --array-library torch or cupy")
+    if device == "cpu" and name == "cupy":
+        raise ConfigError("--device cpu: CuPy arrays live on a GPU; use --array-library numpy or torch for the CPU")
+    return name
 
 
 def _optimizers_taking() -> dict[str, tuple[str, ...]]:

@@ -6,11 +6,16 @@ The reported error is max|a − n| / max(1e-8, max|a| + max|n|), maxima over all
 largest absolute discrepancy relative to the gradient's own scale. (An element-by-element ratio
 would flag entries that are zero in exact arithmetic, such as the gradient of a bias followed by
 batch normalisation, where both a and n are rounding noise.)
+
+With ``where`` (a :class:`mlplab.training.arrays.Placement`: ``mlplab gradcheck --array-library
+torch``) the modules, inputs and probes are moved to that library and device and the same checks
+run there, finite differences in float64 on that library; the NumPy generators draw every number.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -32,6 +37,7 @@ from mlplab.nn import (
     Tanh,
 )
 from mlplab.nn.activations import ACTIVATIONS
+from mlplab.xp import namespace, to_numpy
 
 DEFAULT_TOLERANCE = 1e-6
 
@@ -94,6 +100,55 @@ def numerical_gradient(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
     return grad
 
 
+def _numerical_gradient_on(f, target, where, h: float = 1e-6) -> np.ndarray:
+    """:func:`numerical_gradient` for an array of another library: each perturbed value is
+    written into ``target`` whole (``target[...] = ...``, the standard's only in-place write),
+    since the standard promises no writable flat view."""
+    host = np.array(to_numpy(target), dtype=np.float64, copy=True)
+    grad = np.zeros(host.shape, dtype=np.float64)
+    flat, gflat = host.reshape(-1), grad.reshape(-1)
+
+    def put() -> None:
+        target[...] = where.asarray(host, dtype=target.dtype)
+
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        put()
+        plus = float(f())
+        flat[i] = old - h
+        put()
+        minus = float(f())
+        flat[i] = old
+        gflat[i] = (plus - minus) / (2 * h)
+    put()
+    return grad
+
+
+def _elsewhere(where) -> bool:
+    return where is not None and not where.is_numpy
+
+
+def _gradient(f, target, where, h: float) -> np.ndarray:
+    return _numerical_gradient_on(f, target, where, h) if _elsewhere(where) else numerical_gradient(f, target, h)
+
+
+def _on(where, array):
+    """``array`` on the library and device of ``where`` (unchanged for NumPy)."""
+    return where.asarray(array) if _elsewhere(where) else array
+
+
+def _moved(module: Module, where) -> Module:
+    if not _elsewhere(where):
+        return module
+    moved = cast(Any, module).to(where.xp, where.device)
+    return module if moved is None else moved
+
+
+def _host_copy(array) -> np.ndarray:
+    return np.array(to_numpy(array), copy=True)
+
+
 def _dropout_states(module: Module):
     """Snapshots of every dropout generator, so each forward in a check draws the same masks."""
     rngs = {id(m.rng): m.rng for _, m in module.named_modules() if isinstance(m, Dropout)}
@@ -101,10 +156,12 @@ def _dropout_states(module: Module):
 
 
 def check_module(module: Module, x: np.ndarray, *, seed: int = 0, h: float = 1e-6,
-                 tol: float = DEFAULT_TOLERANCE, name: str | None = None) -> list[CheckResult]:
+                 tol: float = DEFAULT_TOLERANCE, name: str | None = None, where=None) -> list[CheckResult]:
     """Check ``module``'s input gradient and every parameter gradient at ``x`` (float64)."""
     name = name or type(module).__name__
-    x = np.array(x, dtype=np.float64, copy=True)
+    module = _moved(module, where)
+    x = _on(where, np.array(x, dtype=np.float64, copy=True))
+    xp = namespace(x)
     states = _dropout_states(module)
 
     def run(inp):
@@ -115,37 +172,40 @@ def check_module(module: Module, x: np.ndarray, *, seed: int = 0, h: float = 1e-
     out = run(x)
     # A stream of its own: R drawn with the same seed as x would make L = Σ f(x) ⊙ x, a
     # degenerate probe whose gradient nearly cancels.
-    weights = np.random.default_rng([seed, 0x5EED]).standard_normal(out.shape)
-    dx = module.backward(weights)
-    analytic = {pname: grad.copy() for pname, _, grad in module.named_parameters()}
+    weights = _on(where, np.random.default_rng([seed, 0x5EED]).standard_normal(tuple(out.shape)))
+    dx = _host_copy(module.backward(weights))
+    analytic = {pname: _host_copy(grad) for pname, _, grad in module.named_parameters()}
 
     def loss():
-        return float(np.sum(run(x) * weights))
+        return float(xp.sum(run(x) * weights))
 
-    results = [_result(name, "input", dx, numerical_gradient(loss, x, h), tol)]
+    results = [_result(name, "input", dx, _gradient(loss, x, where, h), tol)]
     for pname, param, _ in module.named_parameters():
-        results.append(_result(name, pname, analytic[pname], numerical_gradient(loss, param, h), tol))
+        results.append(_result(name, pname, analytic[pname], _gradient(loss, param, where, h), tol))
     for rng, state in states:
         rng.bit_generator.state = state
     return results
 
 
 def check_loss(loss_module: CrossEntropy | SoftmaxCrossEntropy, inputs: np.ndarray, labels, *, h: float = 1e-6,
-               tol: float = DEFAULT_TOLERANCE, name: str | None = None) -> CheckResult:
+               tol: float = DEFAULT_TOLERANCE, name: str | None = None, where=None) -> CheckResult:
     """Check a loss's stateless ``backward(inputs, labels)`` against finite differences."""
     name = name or type(loss_module).__name__
-    inputs = np.array(inputs, dtype=np.float64, copy=True)
-    analytic = loss_module.backward(inputs, labels)
-    numeric = numerical_gradient(lambda: loss_module.forward(inputs, labels), inputs, h)
+    inputs = _on(where, np.array(inputs, dtype=np.float64, copy=True))
+    labels = _on(where, np.asarray(labels, dtype=np.int64))
+    analytic = _host_copy(loss_module.backward(inputs, labels))
+    numeric = _gradient(lambda: loss_module.forward(inputs, labels), inputs, where, h)
     return _result(name, "input", analytic, numeric, tol)
 
 
 def check_model(model: Module, x: np.ndarray, labels, loss_module: CrossEntropy | SoftmaxCrossEntropy | None = None, *, h: float = 1e-6,
-                tol: float = DEFAULT_TOLERANCE, name: str | None = None) -> list[CheckResult]:
+                tol: float = DEFAULT_TOLERANCE, name: str | None = None, where=None) -> list[CheckResult]:
     """Check a whole model followed by a loss: dL/dx and dL/dθ for every parameter θ."""
     name = name or type(model).__name__
     loss_module = loss_module or SoftmaxCrossEntropy()
-    x = np.array(x, dtype=np.float64, copy=True)
+    model = _moved(model, where)
+    x = _on(where, np.array(x, dtype=np.float64, copy=True))
+    labels = _on(where, np.asarray(labels, dtype=np.int64))
     states = _dropout_states(model)
 
     def loss():
@@ -159,39 +219,45 @@ def check_model(model: Module, x: np.ndarray, labels, loss_module: CrossEntropy 
         for rng, state in states:
             rng.bit_generator.state = state
         logits = model.forward(x)
-    dx = model.backward(loss_module.backward(logits, labels))
-    analytic = {pname: grad.copy() for pname, _, grad in model.named_parameters()}
-    results = [_result(name, "input", dx, numerical_gradient(loss, x, h), tol)]
+    dx = _host_copy(model.backward(loss_module.backward(logits, labels)))
+    analytic = {pname: _host_copy(grad) for pname, _, grad in model.named_parameters()}
+    results = [_result(name, "input", dx, _gradient(loss, x, where, h), tol)]
     for pname, param, _ in model.named_parameters():
-        results.append(_result(name, pname, analytic[pname], numerical_gradient(loss, param, h), tol))
+        results.append(_result(name, pname, analytic[pname], _gradient(loss, param, where, h), tol))
     return results
 
 
-def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE) -> list[CheckResult]:
-    """Every module type and small MLPs with each option: what ``mlplab gradcheck`` prints."""
+def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE, *, array_library: str = "numpy",
+            device: str = "auto") -> list[CheckResult]:
+    """Every module type and small MLPs with each option: what ``mlplab gradcheck`` prints; with
+    ``array_library`` (and ``device``) the same checks on that library's arrays."""
     from mlplab.models import MLP
+    from mlplab.training.arrays import placement
+
+    where = placement(array_library, device)
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((6, 5))
     results: list[CheckResult] = []
-    results += check_module(Linear(5, 4, rng=rng), x, tol=tol, name="Linear")
+    results += check_module(Linear(5, 4, rng=rng), x, tol=tol, name="Linear", where=where)
     for module in (ELU(alpha=1.3), ReLU(), LeakyReLU(0.1), Tanh(), Sigmoid(), GELU(), GELU("none"), Softmax()):
         label = type(module).__name__ + ("(none)" if getattr(module, "approximate", "") == "none" else "")
-        results += check_module(module, x, tol=tol, name=label)
+        results += check_module(module, x, tol=tol, name=label, where=where)
     bn = BatchNorm1d(5)
-    results += check_module(bn, x, tol=tol, name="BatchNorm1d(train)")
-    bn.buffers["running_var"][:] = rng.uniform(0.5, 2.0, 5)
-    bn.buffers["running_mean"][:] = rng.standard_normal(5)
-    results += check_module(bn.eval(), x, tol=tol, name="BatchNorm1d(eval)")
-    results += check_module(Dropout(0.4, rng=seed), x, tol=tol, name="Dropout(train)")
-    results += check_module(Residual(Sequential(Linear(5, 5, rng=rng), Tanh())), x, tol=tol, name="Residual")
+    results += check_module(bn, x, tol=tol, name="BatchNorm1d(train)", where=where)
+    # (bn already lives where the first check moved it)
+    bn.buffers["running_var"][...] = _on(where, rng.uniform(0.5, 2.0, 5))
+    bn.buffers["running_mean"][...] = _on(where, rng.standard_normal(5))
+    results += check_module(bn.eval(), x, tol=tol, name="BatchNorm1d(eval)", where=where)
+    results += check_module(Dropout(0.4, rng=seed), x, tol=tol, name="Dropout(train)", where=where)
+    results += check_module(Residual(Sequential(Linear(5, 5, rng=rng), Tanh())), x, tol=tol, name="Residual", where=where)
     labels = rng.integers(0, 5, size=6)
     logits = rng.standard_normal((6, 5))
-    results.append(check_loss(SoftmaxCrossEntropy(), logits, labels, tol=tol))
-    results.append(check_loss(SoftmaxCrossEntropy(label_smoothing=0.1), logits, labels, tol=tol, name="SoftmaxCrossEntropy(smoothing)"))
+    results.append(check_loss(SoftmaxCrossEntropy(), logits, labels, tol=tol, where=where))
+    results.append(check_loss(SoftmaxCrossEntropy(label_smoothing=0.1), logits, labels, tol=tol, name="SoftmaxCrossEntropy(smoothing)", where=where))
     probs = rng.uniform(0.05, 1.0, (6, 5))
     probs /= probs.sum(axis=1, keepdims=True)
-    results.append(check_loss(CrossEntropy(), probs, labels, tol=tol))
+    results.append(check_loss(CrossEntropy(), probs, labels, tol=tol, where=where))
 
     xm = rng.standard_normal((8, 6))
     ym = rng.integers(0, 3, size=8)
@@ -211,5 +277,5 @@ def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE) -> list[CheckResult]:
         model = MLP(6, hidden, 3, seed=seed, **options)
         if to_eval:
             model.eval()
-        results += check_model(model, xm, ym, name=label, tol=tol)
+        results += check_model(model, xm, ym, name=label, tol=tol, where=where)
     return results

@@ -13,6 +13,9 @@ def register(subparsers, parents) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights (default 0)")
     parser.add_argument("--tol", type=float, default=DEFAULT_TOLERANCE, help=f"largest relative error that passes (default {DEFAULT_TOLERANCE:g})")
+    parser.add_argument("--array-library", "--array_library", dest="array_library", default="numpy", metavar="NAME",
+                        help="run the checks on numpy (default), torch, cupy or array-api-strict arrays")
+    parser.add_argument("--device", default="auto", metavar="NAME", help="auto (default), cpu or cuda: where those arrays live")
     parser.set_defaults(run=run)
 
 
@@ -23,7 +26,14 @@ def run(args) -> int:
         from mlplab.errors import ConfigError
 
         raise ConfigError(f"--tol must be positive, got {args.tol}")
-    results = run_all(seed=args.seed, tol=args.tol)
+    from mlplab import validation
+    from mlplab.config import DEVICES
+    from mlplab.xp import LIBRARIES
+
+    library = validation.choice(str(args.array_library).replace("_", "-"), "--array-library", tuple(LIBRARIES),
+                                what="array library", normalise=False)
+    device = validation.choice(args.device, "--device", DEVICES)
+    results = run_all(seed=args.seed, tol=args.tol, array_library=library, device=device)
     width_m = max(len(r.module) for r in results)
     width_q = max(len(r.quantity) for r in results)
     print(f"{'module':<{width_m}}  {'quantity':<{width_q}}  {'max rel. error':>14}  result")
@@ -38,5 +48,6 @@ def run(args) -> int:
     if noise:
         print(f"\n* zero in exact arithmetic (a bias followed by batch normalisation): both gradients are rounding "
               f"noise below {2 * NOISE_LEVEL:g} and differ by at most {NOISE_LEVEL:g}, so the relative error means nothing")
-    print(f"\n{len(results) - failed} passed, {failed} failed (tolerance {args.tol:g}, float64 central differences)")
+    on = "" if library == "numpy" else f", on {library} arrays"
+    print(f"\n{len(results) - failed} passed, {failed} failed (tolerance {args.tol:g}, float64 central differences{on})")
     return 1 if failed else 0

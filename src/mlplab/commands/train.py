@@ -58,6 +58,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("execution")
     run.add_argument("--backend", default=S, metavar="NAME", help=f"{' or '.join(BACKENDS)} (default numpy)")
     run.add_argument("--device", default=S, metavar="NAME", help=f"torch device: {', '.join(DEVICES)} (default auto)")
+    run.add_argument("--array-library", "--array_library", dest="array_library", default=S, metavar="NAME",
+                     help="arrays the hand-derived modules compute on: numpy (default), torch, cupy or array-api-strict")
     run.add_argument("--dtype", default=S, metavar="NAME", help=f"{' or '.join(DTYPES)} (default float32)")
 
 

@@ -9,6 +9,7 @@ names the torch backend without importing it, so ``mlplab.training`` never impor
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import numpy as np
 
@@ -29,26 +30,47 @@ def make_optimizer(config: TrainConfig, params) -> Optimizer:
 
 
 class NumpyBackend:
-    """The NumPy MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser.
+    """The MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser.
 
     ``fast`` (default: the ``MLPLAB_FAST`` environment variable, on unless it says ``0``) runs
     each step through :class:`mlplab.fast.step.FusedStep`, which folds a plain-SGD update into
     the large layers' weight-gradient products; ``fast=False`` runs the textbook step, module by
-    module, with the same result (see :mod:`mlplab.fast`)."""
+    module, with the same result (see :mod:`mlplab.fast`).
+
+    ``config.array_library`` other than ``numpy`` runs the same modules on that library's arrays
+    (:mod:`mlplab.training.arrays`): the model is built from the NumPy generators as always and
+    moved to the device; batches arrive as NumPy arrays or already on the device (from
+    :meth:`batches`); the fast path, written for NumPy, is left out. What crosses the
+    :class:`~mlplab.backend_api.Backend` interface outward (state dicts, optimiser state,
+    logits) is NumPy on every library, so checkpoints are alike."""
 
     name = "numpy"
 
     def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence, *, fast: bool | None = None):
+        from mlplab.training.arrays import DeviceBatches, placement
+
         self.config = config
         self.dtype = np.dtype(np.float64 if config.dtype == "float64" else np.float32)
-        self.model = build_model(config, n_inputs, n_classes, seed, self.dtype)
+        self.where = placement(getattr(config, "array_library", "numpy"), config.device)
+        self.array_library = self.where.library
+        self.device = self.where.name
+        self.shape = (n_inputs, n_classes)
+        self.model = self._placed(build_model(config, n_inputs, n_classes, seed, self.dtype))
         self.loss = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing)
         self.optimizer = make_optimizer(config, self.model.parameters())
-        self.device = "cpu"
-        self.fast = fast_path.enabled(fast)
+        self.fast = fast_path.enabled(fast) and self.where.is_numpy
         self.fused_step: FusedStep | None = None
         if self.fast:
             self.fused_step = FusedStep(self.model, self.loss, self.optimizer)
+        #: the loop gathers training batches through this when it is set (None on NumPy: the host batches)
+        self.batches = None if self.where.is_numpy else DeviceBatches(self.where)
+
+    def _placed(self, model: MLP) -> MLP:
+        """``model`` with its parameters, gradients and buffers on this backend's library and device."""
+        if self.where.is_numpy:
+            return model
+        moved = cast(Any, model).to(self.where.xp, self.where.device)  # Module.to: moves the tree in place
+        return model if moved is None else moved
 
     def _fused(self) -> FusedStep:
         assert self.fused_step is not None  # built in __init__ whenever self.fast is on
@@ -57,9 +79,22 @@ class NumpyBackend:
     def model_config(self) -> dict:
         return self.model.config()
 
+    def _inputs(self, x, y=None):
+        """A batch as arrays of this backend's library, x in the model's dtype."""
+        if self.where.is_numpy:
+            return x, y
+        xp = self.where.xp
+        x = self.where.asarray(x)
+        if x.dtype != (xp.float64 if self.dtype == np.float64 else xp.float32):
+            x = xp.astype(x, xp.float64 if self.dtype == np.float64 else xp.float32)
+        return x, (None if y is None else self.where.asarray(y))
+
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, *, track: bool = False) -> StepResult:
         if track:
+            if not self.where.is_numpy:
+                raise ConfigError(f"gradient tracking measures on NumPy arrays; not available with --array-library {self.array_library}")
             return self._tracked_train_step(x, y, lr)
+        x, y = self._inputs(x, y)
         if self.fast:
             loss, logits = self._fused().step(x, y, lr)
         else:  # the textbook step
@@ -71,8 +106,12 @@ class NumpyBackend:
             model.backward(dlogits, need_input_grad=False)
             self.optimizer.lr = lr
             self.optimizer.step()
-        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        return StepResult(loss, correct)
+        if self.where.is_numpy:
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        else:
+            xp = self.where.xp
+            correct = int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64)))
+        return StepResult(float(loss), correct)
 
     def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
         """``train_step`` (the same update) that also measures each Linear's gradient norms, input
@@ -98,19 +137,50 @@ class NumpyBackend:
         return StepResult(loss, correct, stats)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        return self.model.predict_logits(x, batch_size)
+        if self.where.is_numpy:
+            return self.model.predict_logits(x, batch_size)
+        from mlplab.xp import to_numpy
+
+        # chunk by chunk to the device and back: evaluation holds no second copy of a split there
+        out = np.empty((x.shape[0], self.shape[1]), self.dtype)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, x.shape[0], batch_size):
+                out[start:start + batch_size] = to_numpy(model.forward(self._inputs(x[start:start + batch_size])[0]))
+        finally:
+            model.clear_cache()
+            model.train(was_training)
+        return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return self.model.state_dict()
+        if self.where.is_numpy:
+            return self.model.state_dict()
+        from mlplab.xp import to_numpy
+
+        return {key: np.array(to_numpy(value), copy=True) for key, value in self.model.state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
+        if not self.where.is_numpy:
+            # copied into the device arrays in place (the optimiser holds references to them)
+            state = {key: self.where.asarray(np.asarray(value)) for key, value in state.items()}
         self.model.load_state_dict(state)
 
     def optimizer_state(self) -> dict:
-        return self.optimizer.state_dict()
+        state = self.optimizer.state_dict()
+        if not self.where.is_numpy:
+            from mlplab.xp import to_numpy
+
+            state["state"] = {key: np.array(to_numpy(value), copy=True) for key, value in state["state"].items()}
+        return state
 
     def load_optimizer_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
+        if not self.where.is_numpy:
+            # whatever form load_state_dict left them in, the buffers live beside their parameters
+            for name, values in self.optimizer.state.items():
+                self.optimizer.state[name] = [None if v is None else self.where.asarray(v) for v in values]
 
     def rng_state(self) -> dict:
         return {"dropout": self.model.dropout_rng.bit_generator.state}
@@ -120,7 +190,12 @@ class NumpyBackend:
             self.model.dropout_rng.bit_generator.state = state["dropout"]
 
     def numpy_model(self) -> MLP:
-        return self.model
+        if self.where.is_numpy:
+            return self.model
+        # a NumPy twin with the current weights (built, then overwritten: its seed does not matter)
+        twin = build_model(self.config, self.shape[0], self.shape[1], np.random.SeedSequence(0), self.dtype)
+        twin.load_state_dict(self.state_dict())
+        return twin
 
 
 #: backend name -> ``"module:Class"``; a class is imported only when its backend is asked for

@@ -142,6 +142,9 @@ class RunFolderListener(Listener):
             except OSError:  # a read-only folder: the first write below says so
                 pass
         extra = {"resumed_at_step": trainer.global_step} if self.resumed else {}
+        # what the options resolved to: the array library and the device the run computes on
+        extra["execution"] = {"backend": trainer.backend.name, "array_library": getattr(trainer.config, "array_library", "numpy"),
+                              "device": str(getattr(trainer.backend, "device", "cpu"))}
         write_config(self.run_dir, trainer.config.to_dict(), getattr(trainer.data, "info", {}), extra)
         steps_path, history_path = self.run_dir / "steps.csv", self.run_dir / "history.csv"
         if self.resumed:

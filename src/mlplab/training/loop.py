@@ -30,7 +30,7 @@ from mlplab.training.run import prepare_run_dir
 
 #: options a resumed run may change; everything else must match the saved run
 RESUMABLE_OPTIONS = ("epochs", "quiet", "report", "data_dir", "device", "early_stopping", "out", "overwrite",
-                     "tensorboard", "mlflow", "mlflow_experiment")
+                     "tensorboard", "mlflow", "mlflow_experiment", "array_library")
 
 
 @dataclass
@@ -237,7 +237,8 @@ class Trainer:
             listener.on_epoch_start(self)
         started = time.perf_counter()
         sums = self.epoch_sums
-        stream = batches(
+        # a backend on another array library gathers its batches on its device (same order, same draws)
+        stream = (getattr(self.backend, "batches", None) or batches)(
             train.x, train.y, config.batch_size, shuffle=True, rng=self.shuffle_rng, drop_last=True,
             augment=self.augment, start=self.step_in_epoch,
         )
@@ -345,6 +346,8 @@ class Trainer:
             "status": self.stop_reason,
             "dataset": self.data.name,
             "backend": self.backend.name,
+            "array_library": getattr(self.config, "array_library", "numpy"),
+            "device": str(getattr(self.backend, "device", "cpu")),
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
             "test_accuracy": test.accuracy,
