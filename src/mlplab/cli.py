@@ -22,9 +22,15 @@ COMMANDS = ("train", "evaluate", "report", "compare", "gradcheck", "presets", "h
 
 
 #: what to pip install for an import name, where the two differ or an extra of mlplab provides it
-PIP_NAMES = {"sklearn": "scikit-learn", "psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'",
-             "torch": "'mlplab[torch]'", "optuna": "'mlplab[sweep]'",
-             "tensorboard": "'mlplab[tensorboard]'", "mlflow": "'mlplab[mlflow]'"}
+PIP_NAMES = {
+    "sklearn": "scikit-learn",
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "'psycopg[binary]'",
+    "torch": "'mlplab[torch]'",
+    "optuna": "'mlplab[sweep]'",
+    "tensorboard": "'mlplab[tensorboard]'",
+    "mlflow": "'mlplab[mlflow]'",
+}
 
 
 def missing_package_message(exc: ImportError) -> str:

@@ -56,8 +56,13 @@ def max_abs_difference(first: dict, second: dict) -> float:
     """The largest |a − b| over the arrays two state dicts share (they must share every key)."""
     if set(first) != set(second):
         raise ValueError(f"the state dicts differ in their keys: {sorted(set(first) ^ set(second))}")
-    return max((float(np.max(np.abs(np.asarray(first[k], np.float64) - np.asarray(second[k], np.float64)), initial=0.0))
-                for k in first), default=0.0)
+    return max(
+        (
+            float(np.max(np.abs(np.asarray(first[k], np.float64) - np.asarray(second[k], np.float64)), initial=0.0))
+            for k in first
+        ),
+        default=0.0,
+    )
 
 
 def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners=(), **options) -> Comparison:
@@ -92,7 +97,9 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
         capture = _InitialState()
         # --array-library is the hand-derived side's: the twin computes on torch tensors anyway
         library = config.array_library if backend == "numpy" else "numpy"
-        run_config = dataclasses.replace(config, backend=backend, out=str(runs[backend]), nproc=1, array_library=library)
+        run_config = dataclasses.replace(
+            config, backend=backend, out=str(runs[backend]), nproc=1, array_library=library
+        )
         result = train(run_config, data=data, listeners=[capture, *listeners])
         results[backend] = result
         state = capture.state
@@ -112,22 +119,26 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
         }
         for backend in BACKENDS
     ]
-    comparison = Comparison({
-        "out": out,
-        "runs": runs,
-        "rows": rows,
-        "val_accuracies": {backend: results[backend].val_accuracies for backend in BACKENDS},
-        "initial_max_abs_diff": max_abs_difference(initial["numpy"], initial["torch"]),
-        "first_loss": first_loss,
-        "config": config.to_dict(),
-    })
+    comparison = Comparison(
+        {
+            "out": out,
+            "runs": runs,
+            "rows": rows,
+            "val_accuracies": {backend: results[backend].val_accuracies for backend in BACKENDS},
+            "initial_max_abs_diff": max_abs_difference(initial["numpy"], initial["torch"]),
+            "first_loss": first_loss,
+            "config": config.to_dict(),
+        }
+    )
     comparison["table"] = comparison_markdown(comparison, config, data)
     write_text_atomic(out / "comparison.md", comparison["table"])
     write_json_atomic(out / "comparison.json", {k: v for k, v in comparison.items() if k != "table"})
     from mlplab.plots import plot_runs
 
     figure = out / "comparison.png"
-    plot_runs({"NumPy": runs["numpy"], "PyTorch": runs["torch"]}, figure, title=f"NumPy vs PyTorch: {_describe(config, data)}")
+    plot_runs(
+        {"NumPy": runs["numpy"], "PyTorch": runs["torch"]}, figure, title=f"NumPy vs PyTorch: {_describe(config, data)}"
+    )
     comparison["figure"] = figure
     comparison["results"] = results
     return comparison
@@ -172,13 +183,20 @@ def comparison_markdown(comparison: dict, config: TrainConfig, data) -> str:
             f"| {row['backend']} | {_percent(row['test_accuracy'])} | {_percent(row['best_val_accuracy'])} | "
             f"{row['best_epoch']} | {row['seconds_per_epoch']:.3f} |"
         )
-    ratio = numpy_row["seconds_per_epoch"] / torch_row["seconds_per_epoch"] if torch_row["seconds_per_epoch"] else float("nan")
+    ratio = (
+        numpy_row["seconds_per_epoch"] / torch_row["seconds_per_epoch"]
+        if torch_row["seconds_per_epoch"]
+        else float("nan")
+    )
     lines.append(
         f"| torch − numpy | {_points(numpy_row['test_accuracy'], torch_row['test_accuracy'])} | "
         f"{_points(numpy_row['best_val_accuracy'], torch_row['best_val_accuracy'])} | | {ratio:.2f}× speed-up |"
     )
     diff = comparison["initial_max_abs_diff"]
-    lines += ["", f"Initial weights: max |Δ| = {diff:g}" + (" (identical start)." if diff == 0 else " (the starts differ!).")]
+    lines += [
+        "",
+        f"Initial weights: max |Δ| = {diff:g}" + (" (identical start)." if diff == 0 else " (the starts differ!)."),
+    ]
     first = comparison["first_loss"]
     if first.get("numpy") is not None and first.get("torch") is not None:
         lines.append(
@@ -186,7 +204,13 @@ def comparison_markdown(comparison: dict, config: TrainConfig, data) -> str:
             f"(|Δ| = {abs(first['numpy'] - first['torch']):.2g})."
         )
     val = comparison["val_accuracies"]
-    lines += ["", "## Validation accuracy per epoch", "", "| epoch | numpy | torch | torch − numpy |", "|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Validation accuracy per epoch",
+        "",
+        "| epoch | numpy | torch | torch − numpy |",
+        "|---:|---:|---:|---:|",
+    ]
     for epoch, (a, b) in enumerate(zip(val["numpy"], val["torch"]), start=1):
         lines.append(f"| {epoch} | {_percent(a)} | {_percent(b)} | {_points(a, b)} |")
     lines += ["", "![training loss and validation accuracy of both backends](comparison.png)", ""]

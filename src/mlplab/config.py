@@ -143,7 +143,9 @@ class TrainConfig:
     # -- validation --------------------------------------------------------------------
     def validated(self) -> TrainConfig:
         """A normalised copy, or ConfigError naming the first bad option (as ``--option``)."""
-        c = dataclasses.replace(self, hidden_dims=list(self.hidden_dims) if _is_sequence(self.hidden_dims) else self.hidden_dims)
+        c = dataclasses.replace(
+            self, hidden_dims=list(self.hidden_dims) if _is_sequence(self.hidden_dims) else self.hidden_dims
+        )
         c.dataset = _choice(c.dataset, "dataset", registry_names("DATASETS"))
         c.activation = _choice(c.activation, "activation", registry_names("ACTIVATIONS"))
         c.optimizer = _choice(c.optimizer, "optimizer", registry_names("OPTIMIZERS"))
@@ -190,15 +192,21 @@ class TrainConfig:
         if c.nesterov and (c.optimizer not in takes["nesterov"] or c.momentum <= 0):
             raise ConfigError(f"--nesterov needs --optimizer {' or '.join(takes['nesterov'])} and a --momentum above 0")
         if c.momentum and c.optimizer not in takes["momentum"]:
-            raise ConfigError(f"--momentum applies to --optimizer {' or '.join(takes['momentum'])} only (got --optimizer {c.optimizer}); Adam's betas play that role")
+            raise ConfigError(
+                f"--momentum applies to --optimizer {' or '.join(takes['momentum'])} only (got --optimizer {c.optimizer}); Adam's betas play that role"
+            )
         if c.warmup_epochs > c.epochs:
             raise ConfigError(f"--warmup-epochs {c.warmup_epochs:g} is longer than --epochs {c.epochs}")
         if c.track_gradients is not None and c.array_library != "numpy":
-            raise ConfigError(f"--track-gradients measures on NumPy arrays; it is not available with --array-library {c.array_library}")
+            raise ConfigError(
+                f"--track-gradients measures on NumPy arrays; it is not available with --array-library {c.array_library}"
+            )
         if c.nproc > 1 and c.backend != "torch":
             raise ConfigError("--nproc needs --backend torch (data parallelism runs on torch.distributed)")
         if c.nproc > 1 and c.batch_size % c.nproc:
-            raise ConfigError(f"--batch-size {c.batch_size} must be divisible by the {c.nproc} processes (each takes an equal share of every batch)")
+            raise ConfigError(
+                f"--batch-size {c.batch_size} must be divisible by the {c.nproc} processes (each takes an equal share of every batch)"
+            )
         if c.validation_size == 0 and c.early_stopping is not None:
             raise ConfigError("--early-stopping needs a validation split (--validation-size above 0)")
         if c.data_dir is not None:
@@ -230,8 +238,10 @@ def _array_library(value, backend: str, device: str) -> str:
         value = value.replace("_", "-")  # array_api_strict, as the module is named
     name = validation.choice(value, "--array-library", tuple(LIBRARIES), what="array library", normalise=False)
     if name != "numpy" and backend != "numpy":
-        raise ConfigError(f"--array-library {name} runs the hand-derived modules (--backend numpy); "
-                          f"--backend {backend} is the autograd twin and takes --device alone")
+        raise ConfigError(
+            f"--array-library {name} runs the hand-derived modules (--backend numpy); "
+            f"--backend {backend} is the autograd twin and takes --device alone"
+        )
     # (--device cuda with NumPy arrays stays accepted and means the CPU, as before this option:
     # `mlplab compare --device cuda` gives one device to both backends)
     if device == "cuda" and name == "array-api-strict":
@@ -245,7 +255,10 @@ def _optimizers_taking() -> dict[str, tuple[str, ...]]:
     """For each optimiser option, the registered optimisers that take it."""
     from mlplab.optim import OPTIMIZERS
 
-    return {option: tuple(name for name, cls in OPTIMIZERS.items() if option in cls.options) for option in ("momentum", "nesterov")}
+    return {
+        option: tuple(name for name, cls in OPTIMIZERS.items() if option in cls.options)
+        for option in ("momentum", "nesterov")
+    }
 
 
 def _number(value, name: str, *, positive: bool = False, low: float | None = None, below: float | None = None) -> float:
@@ -288,7 +301,9 @@ def parse_widths(text: str) -> list[int]:
     try:
         return [int(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"--hidden-dims: {text!r} is not a list of integers (write e.g. 512 256 or 512x256)") from None
+        raise ConfigError(
+            f"--hidden-dims: {text!r} is not a list of integers (write e.g. 512 256 or 512x256)"
+        ) from None
 
 
 # -- files and presets ---------------------------------------------------------------------
@@ -307,7 +322,9 @@ def load_config_file(path) -> dict:
         else:
             data = tomllib.loads(text.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config: {str(path)!r} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+        raise ConfigError(
+            f"--config: {str(path)!r} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {str(path)!r} must hold a table of options")
     data.pop("description", None)

@@ -12,8 +12,14 @@ import html
 import sys
 
 # and InlineFigure (kept here for old code and pickles; it lives in mlplab.plots.base)
-__all__ = ["comparison_html", "comparison_text", "in_jupyter_kernel", "progress_bar_class", "train_result_html",
-           "train_result_text"]
+__all__ = [
+    "comparison_html",
+    "comparison_text",
+    "in_jupyter_kernel",
+    "progress_bar_class",
+    "train_result_html",
+    "train_result_text",
+]
 
 
 # =============================================================================================
@@ -108,7 +114,11 @@ def _architecture(result) -> str:
     c = result.config
     model_config = getattr(result.backend, "model_config", None)
     m = model_config() if callable(model_config) else {}
-    widths = [m.get("n_inputs", "?"), *m.get("n_hidden", c.hidden_dims), m.get("n_classes", len(result.class_names) or "?")]
+    widths = [
+        m.get("n_inputs", "?"),
+        *m.get("n_hidden", c.hidden_dims),
+        m.get("n_classes", len(result.class_names) or "?"),
+    ]
     extras = [m.get("activation", c.activation)]
     if m.get("use_batch_norm", c.use_batch_norm):
         extras.append("batch norm")
@@ -148,8 +158,10 @@ def train_result_html(result) -> str:
 
 def train_result_text(result) -> str:
     """One line for IPython's plain-text display (the dataclass repr runs to pages)."""
-    return (f"TrainResult: test accuracy {_percent(result.test_accuracy)}, best epoch {result.best_epoch}, "
-            f"{_architecture(result)}, run folder {result.run_dir}")
+    return (
+        f"TrainResult: test accuracy {_percent(result.test_accuracy)}, best epoch {result.best_epoch}, "
+        f"{_architecture(result)}, run folder {result.run_dir}"
+    )
 
 
 def comparison_html(comparison) -> str:
@@ -158,8 +170,16 @@ def comparison_html(comparison) -> str:
     rows = {row["backend"]: row for row in comparison["rows"]}
     table = []
     for backend, row in rows.items():
-        table.append((backend, row.get("device", ""), _percent(row["test_accuracy"]), _percent(row["best_val_accuracy"]),
-                      row["best_epoch"], f"{row['seconds_per_epoch']:.3f}"))
+        table.append(
+            (
+                backend,
+                row.get("device", ""),
+                _percent(row["test_accuracy"]),
+                _percent(row["best_val_accuracy"]),
+                row["best_epoch"],
+                f"{row['seconds_per_epoch']:.3f}",
+            )
+        )
     if "numpy" in rows and "torch" in rows:
         first, second = rows["numpy"]["test_accuracy"], rows["torch"]["test_accuracy"]
         table.append(("torch − numpy", "", f"{100 * (second - first):+.2f} pt", "", "", ""))
@@ -167,7 +187,9 @@ def comparison_html(comparison) -> str:
     notes = []
     diff = comparison.get("initial_max_abs_diff")
     if diff is not None:
-        notes.append(f"initial weights: max |Δ| = {diff:g}" + (" (identical start)" if diff == 0 else " (the starts differ)"))
+        notes.append(
+            f"initial weights: max |Δ| = {diff:g}" + (" (identical start)" if diff == 0 else " (the starts differ)")
+        )
     first_loss = comparison.get("first_loss") or {}
     if first_loss.get("numpy") is not None and first_loss.get("torch") is not None:
         notes.append(f"first step's loss: numpy {first_loss['numpy']:.8g}, torch {first_loss['torch']:.8g}")

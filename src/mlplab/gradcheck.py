@@ -155,8 +155,16 @@ def _dropout_states(module: Module):
     return [(rng, rng.bit_generator.state) for rng in rngs.values()]
 
 
-def check_module(module: Module, x: np.ndarray, *, seed: int = 0, h: float = 1e-6,
-                 tol: float = DEFAULT_TOLERANCE, name: str | None = None, where=None) -> list[CheckResult]:
+def check_module(
+    module: Module,
+    x: np.ndarray,
+    *,
+    seed: int = 0,
+    h: float = 1e-6,
+    tol: float = DEFAULT_TOLERANCE,
+    name: str | None = None,
+    where=None,
+) -> list[CheckResult]:
     """Check ``module``'s input gradient and every parameter gradient at ``x`` (float64)."""
     name = name or type(module).__name__
     module = _moved(module, where)
@@ -187,8 +195,16 @@ def check_module(module: Module, x: np.ndarray, *, seed: int = 0, h: float = 1e-
     return results
 
 
-def check_loss(loss_module: CrossEntropy | SoftmaxCrossEntropy, inputs: np.ndarray, labels, *, h: float = 1e-6,
-               tol: float = DEFAULT_TOLERANCE, name: str | None = None, where=None) -> CheckResult:
+def check_loss(
+    loss_module: CrossEntropy | SoftmaxCrossEntropy,
+    inputs: np.ndarray,
+    labels,
+    *,
+    h: float = 1e-6,
+    tol: float = DEFAULT_TOLERANCE,
+    name: str | None = None,
+    where=None,
+) -> CheckResult:
     """Check a loss's stateless ``backward(inputs, labels)`` against finite differences."""
     name = name or type(loss_module).__name__
     inputs = _on(where, np.array(inputs, dtype=np.float64, copy=True))
@@ -198,8 +214,17 @@ def check_loss(loss_module: CrossEntropy | SoftmaxCrossEntropy, inputs: np.ndarr
     return _result(name, "input", analytic, numeric, tol)
 
 
-def check_model(model: Module, x: np.ndarray, labels, loss_module: CrossEntropy | SoftmaxCrossEntropy | None = None, *, h: float = 1e-6,
-                tol: float = DEFAULT_TOLERANCE, name: str | None = None, where=None) -> list[CheckResult]:
+def check_model(
+    model: Module,
+    x: np.ndarray,
+    labels,
+    loss_module: CrossEntropy | SoftmaxCrossEntropy | None = None,
+    *,
+    h: float = 1e-6,
+    tol: float = DEFAULT_TOLERANCE,
+    name: str | None = None,
+    where=None,
+) -> list[CheckResult]:
     """Check a whole model followed by a loss: dL/dx and dL/dθ for every parameter θ."""
     name = name or type(model).__name__
     loss_module = loss_module or SoftmaxCrossEntropy()
@@ -227,8 +252,9 @@ def check_model(model: Module, x: np.ndarray, labels, loss_module: CrossEntropy 
     return results
 
 
-def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE, *, array_library: str = "numpy",
-            device: str = "auto") -> list[CheckResult]:
+def run_all(
+    seed: int = 0, tol: float = DEFAULT_TOLERANCE, *, array_library: str = "numpy", device: str = "auto"
+) -> list[CheckResult]:
     """Every module type and small MLPs with each option: what ``mlplab gradcheck`` prints; with
     ``array_library`` (and ``device``) the same checks on that library's arrays."""
     from mlplab.models import MLP
@@ -250,11 +276,22 @@ def run_all(seed: int = 0, tol: float = DEFAULT_TOLERANCE, *, array_library: str
     bn.buffers["running_mean"][...] = _on(where, rng.standard_normal(5))
     results += check_module(bn.eval(), x, tol=tol, name="BatchNorm1d(eval)", where=where)
     results += check_module(Dropout(0.4, rng=seed), x, tol=tol, name="Dropout(train)", where=where)
-    results += check_module(Residual(Sequential(Linear(5, 5, rng=rng), Tanh())), x, tol=tol, name="Residual", where=where)
+    results += check_module(
+        Residual(Sequential(Linear(5, 5, rng=rng), Tanh())), x, tol=tol, name="Residual", where=where
+    )
     labels = rng.integers(0, 5, size=6)
     logits = rng.standard_normal((6, 5))
     results.append(check_loss(SoftmaxCrossEntropy(), logits, labels, tol=tol, where=where))
-    results.append(check_loss(SoftmaxCrossEntropy(label_smoothing=0.1), logits, labels, tol=tol, name="SoftmaxCrossEntropy(smoothing)", where=where))
+    results.append(
+        check_loss(
+            SoftmaxCrossEntropy(label_smoothing=0.1),
+            logits,
+            labels,
+            tol=tol,
+            name="SoftmaxCrossEntropy(smoothing)",
+            where=where,
+        )
+    )
     probs = rng.uniform(0.05, 1.0, (6, 5))
     probs /= probs.sum(axis=1, keepdims=True)
     results.append(check_loss(CrossEntropy(), probs, labels, tol=tol, where=where))

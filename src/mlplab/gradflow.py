@@ -44,7 +44,9 @@ class LayerGradients(NamedTuple):
     update_ratio: float
 
     @classmethod
-    def from_norms(cls, layer: str, weight_grad: float, input_grad: float, change: float, size: float) -> LayerGradients:
+    def from_norms(
+        cls, layer: str, weight_grad: float, input_grad: float, change: float, size: float
+    ) -> LayerGradients:
         """The row of a layer whose step changed W by ``change`` = ‖W_after − W_before‖ from ``size``
         = ‖W_before‖ (the one definition both backends' tracked steps use; NaN for a zero weight)."""
         return cls(layer, weight_grad, input_grad, change / size if size > 0 else math.nan)
@@ -94,7 +96,9 @@ def layer_statistics(linears, weights_before: list[np.ndarray], input_grads: dic
     stats = []
     for (name, layer), before in zip(linears, weights_before):
         change = norm(layer.params["weight"] - before)
-        stats.append(LayerGradients.from_norms(name, norm(layer.grads["weight"]), norm(input_grads[name]), change, norm(before)))
+        stats.append(
+            LayerGradients.from_norms(name, norm(layer.grads["weight"]), norm(input_grads[name]), change, norm(before))
+        )
     return stats
 
 
@@ -120,8 +124,17 @@ def input_gradient_norms(model, x: np.ndarray, y: np.ndarray) -> dict:
     return {"loss": loss, "names": names, "input_grad_norms": [norm(grads[name]) for name in names]}
 
 
-def gradient_flow(depth: int = 16, width: int = 128, activation: str = "sigmoid", residual: bool | None = None,
-                  dataset: str = "digits", batch_size: int = 128, seed: int = 0, data=None, data_dir=None) -> dict:
+def gradient_flow(
+    depth: int = 16,
+    width: int = 128,
+    activation: str = "sigmoid",
+    residual: bool | None = None,
+    dataset: str = "digits",
+    batch_size: int = 128,
+    seed: int = 0,
+    data=None,
+    data_dir=None,
+) -> dict:
     """The input-gradient norm of every Linear of an MLP with ``depth`` hidden layers of ``width``
     units, at initialisation, on one batch of the training split (float64, mean cross-entropy).
 
@@ -154,19 +167,35 @@ def gradient_flow(depth: int = 16, width: int = 128, activation: str = "sigmoid"
         data = get_dataset(dataset, data_dir)
     train = data.train
     if batch_size > len(train):
-        raise ConfigError(f"--batch-size {batch_size} is larger than the training split of {data.name} ({len(train)} rows)")
+        raise ConfigError(
+            f"--batch-size {batch_size} is larger than the training split of {data.name} ({len(train)} rows)"
+        )
     rows = np.sort(np.random.default_rng(seed).choice(len(train), size=batch_size, replace=False))
     x = train.x[rows].astype(np.float64)
     y = train.y[rows]
 
-    result = {"dataset": data.name, "depth": depth, "width": width, "activation": key, "batch_size": batch_size,
-              "seed": int(seed), "layers": list(range(depth + 1, 0, -1))}
+    result = {
+        "dataset": data.name,
+        "depth": depth,
+        "width": width,
+        "activation": key,
+        "batch_size": batch_size,
+        "seed": int(seed),
+        "layers": list(range(depth + 1, 0, -1)),
+    }
     variants = [("plain", False), ("residual", True)]
     for label, with_skips in variants:
         if residual is not None and residual != with_skips:
             continue
-        model = MLP(data.num_features, [width] * depth, data.num_classes, activation=key, residual=with_skips,
-                    dtype=np.float64, seed=seed)
+        model = MLP(
+            data.num_features,
+            [width] * depth,
+            data.num_classes,
+            activation=key,
+            residual=with_skips,
+            dtype=np.float64,
+            seed=seed,
+        )
         measured = input_gradient_norms(model, x, y)
         norms = measured["input_grad_norms"]
         result[label] = {

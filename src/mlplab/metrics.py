@@ -37,7 +37,9 @@ def confusion_matrix(predictions, targets, num_classes: int) -> np.ndarray:
         raise ValueError(f"confusion_matrix: predictions {predictions.shape} and targets {targets.shape} do not match")
     for name, values in (("predictions", predictions), ("targets", targets)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"confusion_matrix: {name} must lie in [0, {num_classes}), got {values.min()}..{values.max()}")
+            raise ValueError(
+                f"confusion_matrix: {name} must lie in [0, {num_classes}), got {values.min()}..{values.max()}"
+            )
     flat = targets.astype(np.int64) * num_classes + predictions.astype(np.int64)
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -231,7 +233,9 @@ def _split_arrays(dataset):
         return np.asarray(dataset.x), np.asarray(dataset.y)
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
         return np.asarray(dataset[0]), np.asarray(dataset[1])
-    raise TypeError(f"evaluate: dataset must have .x and .y (a mlplab.data.Dataset) or be an (x, y) pair, got {type(dataset).__name__}")
+    raise TypeError(
+        f"evaluate: dataset must have .x and .y (a mlplab.data.Dataset) or be an (x, y) pair, got {type(dataset).__name__}"
+    )
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -258,8 +262,17 @@ def chunked_log_probs(logits_of, x: np.ndarray, batch_size: int = 1000, *, tta_f
         yield start, stop, log_probs
 
 
-def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None = None, beta: float = 1.0,
-             zero_division: float = 0.0, tta_flip: bool = False, image_shape=None) -> Evaluation:
+def evaluate(
+    model,
+    dataset,
+    batch_size: int = 1000,
+    *,
+    num_classes: int | None = None,
+    beta: float = 1.0,
+    zero_division: float = 0.0,
+    tta_flip: bool = False,
+    image_shape=None,
+) -> Evaluation:
     """Run ``model`` over a whole split and count its confusion matrix, batch by batch.
 
     model: a NumPy :class:`mlplab.models.MLP`, a ``torch.nn.Module`` (run in eval mode under
@@ -283,17 +296,23 @@ def evaluate(model, dataset, batch_size: int = 1000, *, num_classes: int | None 
     elif hasattr(model, "predict_logits"):
         logits_of = model.predict_logits
     else:
-        raise TypeError(f"evaluate: cannot run a {type(model).__name__}; give a NumPy MLP, a torch module or an object with predict_logits(x)")
+        raise TypeError(
+            f"evaluate: cannot run a {type(model).__name__}; give a NumPy MLP, a torch module or an object with predict_logits(x)"
+        )
     cm = None
     if num_classes is None:
         num_classes = getattr(model, "n_classes", None)
     try:
-        for start, stop, scores in chunked_log_probs(logits_of, x, batch_size, tta_flip=tta_flip, image_shape=image_shape):
+        for start, stop, scores in chunked_log_probs(
+            logits_of, x, batch_size, tta_flip=tta_flip, image_shape=image_shape
+        ):
             yb = y[start:stop]
             if cm is None:
                 num_classes = int(num_classes or scores.shape[1])
                 if scores.ndim != 2 or scores.shape[1] != num_classes:
-                    raise ValueError(f"evaluate: the model gives scores of shape {scores.shape}, expected (batch, {num_classes})")
+                    raise ValueError(
+                        f"evaluate: the model gives scores of shape {scores.shape}, expected (batch, {num_classes})"
+                    )
                 cm = np.zeros((num_classes, num_classes), dtype=np.int64)
             cm += confusion_matrix(scores, yb, cm.shape[0])
     finally:

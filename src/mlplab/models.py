@@ -39,7 +39,9 @@ def predict_in_chunks(logits_of, x: np.ndarray, n_classes: int, dtype, batch_siz
     if not isinstance(x, np.ndarray):
         xp = namespace(x)
         n = x.shape[0]  # slices stay inside the array: the standard leaves the rest unspecified
-        return xp.concat([logits_of(x[start : min(start + batch_size, n), ...]) for start in range(0, n, batch_size)], axis=0)
+        return xp.concat(
+            [logits_of(x[start : min(start + batch_size, n), ...]) for start in range(0, n, batch_size)], axis=0
+        )
     out = np.empty((x.shape[0], n_classes), dtype=dtype)
     for start in range(0, x.shape[0], batch_size):
         out[start : start + batch_size] = logits_of(x[start : start + batch_size])
@@ -63,8 +65,16 @@ class LayerSpec:
     block: tuple[LayerSpec, ...] = ()
 
 
-def layer_plan(n_inputs: int, n_hidden: list[int], n_classes: int, *, activation: str, use_batch_norm: bool,
-               dropout: float, residual: bool) -> list[LayerSpec]:
+def layer_plan(
+    n_inputs: int,
+    n_hidden: list[int],
+    n_classes: int,
+    *,
+    activation: str,
+    use_batch_norm: bool,
+    dropout: float,
+    residual: bool,
+) -> list[LayerSpec]:
     """The layers of an MLP, in order: [Linear → (BatchNorm1d) → activation → (Dropout)] per hidden
     width (inside a Residual when ``residual`` and the width is kept), then Linear to the classes.
 
@@ -94,8 +104,15 @@ def build_model(config, n_inputs: int, n_classes: int, seed, dtype=None) -> MLP:
     with its initial weights drawn from ``seed`` (an int or a SeedSequence)."""
     dtype = dtype or (np.float64 if config.dtype == "float64" else np.float32)
     return MLP(
-        n_inputs, config.hidden_dims, n_classes, activation=config.activation, use_batch_norm=config.use_batch_norm,
-        dropout=config.dropout, residual=config.residual, dtype=dtype, seed=seed,
+        n_inputs,
+        config.hidden_dims,
+        n_classes,
+        activation=config.activation,
+        use_batch_norm=config.use_batch_norm,
+        dropout=config.dropout,
+        residual=config.residual,
+        dtype=dtype,
+        seed=seed,
     )
 
 
@@ -168,8 +185,15 @@ class MLP(Module):
 
     def plan(self) -> list[LayerSpec]:
         """This MLP's :func:`layer_plan`."""
-        return layer_plan(self.n_inputs, self.n_hidden, self.n_classes, activation=self.activation,
-                          use_batch_norm=self.use_batch_norm, dropout=self.dropout, residual=self.residual)
+        return layer_plan(
+            self.n_inputs,
+            self.n_hidden,
+            self.n_classes,
+            activation=self.activation,
+            use_batch_norm=self.use_batch_norm,
+            dropout=self.dropout,
+            residual=self.residual,
+        )
 
     def config(self) -> dict:
         """The constructor arguments (without seed), enough to rebuild the architecture."""

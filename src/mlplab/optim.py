@@ -32,7 +32,9 @@ from mlplab.xp import asarray, namespace, to_numpy
 from mlplab.xp import device as device_of
 
 
-def _check_number(value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None) -> float:
+def _check_number(
+    value, name: str, owner: str, *, low: float = 0.0, low_inclusive: bool = True, high: float | None = None
+) -> float:
     bounds = {"low": low} if low_inclusive else {"above": low}
     return validation.number(value, f"{owner}: {name}", below=high, error=ValueError, **bounds)
 
@@ -64,7 +66,9 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
         for index, (p, g) in enumerate(self.pairs):
             if p.shape != g.shape:
-                raise ValueError(f"{type(self).__name__}: parameter {index} has shape {p.shape} but its gradient {g.shape}")
+                raise ValueError(
+                    f"{type(self).__name__}: parameter {index} has shape {p.shape} but its gradient {g.shape}"
+                )
         self.lr = _check_number(lr, "lr", type(self).__name__, low_inclusive=False)
         self.step_count = 0
         self.state: dict[str, list[np.ndarray | None]] = {name: [None] * len(self.pairs) for name in self.state_names}
@@ -114,8 +118,9 @@ class Optimizer:
             if isinstance(param, np.ndarray):
                 self.state[name][index] = np.array(value, dtype=param.dtype, copy=True)
             else:  # a copy on the parameter's device, in its dtype
-                self.state[name][index] = asarray(np.array(value, copy=True), namespace(param),
-                                                  device=device_of(param), dtype=param.dtype)
+                self.state[name][index] = asarray(
+                    np.array(value, copy=True), namespace(param), device=device_of(param), dtype=param.dtype
+                )
 
 
 class SGD(Optimizer):
@@ -127,7 +132,15 @@ class SGD(Optimizer):
     options = ("momentum", "nesterov", "weight_decay")
     torch_name = "SGD"
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+    ):
         super().__init__(params, lr)
         self.momentum = _check_number(momentum, "momentum", "SGD")
         self.weight_decay = _check_number(weight_decay, "weight_decay", "SGD")
@@ -137,8 +150,13 @@ class SGD(Optimizer):
             raise ValueError("SGD: Nesterov momentum requires a momentum > 0 and zero dampening")
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay, "dampening": self.dampening}
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+            "dampening": self.dampening,
+        }
 
     @property
     def plain(self) -> bool:
@@ -238,8 +256,9 @@ class Schedule:
         raise NotImplementedError
 
     @classmethod
-    def from_epochs(cls, base_lr, *, steps_per_epoch, epochs, warmup_steps, step_epochs, gamma,
-                    min_lr) -> Schedule:  # pragma: no cover - abstract
+    def from_epochs(
+        cls, base_lr, *, steps_per_epoch, epochs, warmup_steps, step_epochs, gamma, min_lr
+    ) -> Schedule:  # pragma: no cover - abstract
         """The schedule for training options counted in epochs (see :func:`make_schedule`)."""
         raise NotImplementedError
 
@@ -316,11 +335,27 @@ class CosineSchedule(Schedule):
 SCHEDULES: dict[str, type[Schedule]] = {"constant": ConstantSchedule, "step": StepSchedule, "cosine": CosineSchedule}
 
 
-def make_schedule(name: str, base_lr: float, *, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0,
-                  step_epochs: int | None = None, gamma: float = 0.1, min_lr: float = 0.0) -> Schedule:
+def make_schedule(
+    name: str,
+    base_lr: float,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float = 0,
+    step_epochs: int | None = None,
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+) -> Schedule:
     """A schedule by name (see :data:`SCHEDULES`) with its lengths given in epochs."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     warmup_steps = round(warmup_epochs * steps_per_epoch)
-    return SCHEDULES[name].from_epochs(base_lr, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_steps=warmup_steps,
-                                       step_epochs=step_epochs, gamma=gamma, min_lr=min_lr)
+    return SCHEDULES[name].from_epochs(
+        base_lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        warmup_steps=warmup_steps,
+        step_epochs=step_epochs,
+        gamma=gamma,
+        min_lr=min_lr,
+    )

@@ -148,8 +148,14 @@ class Document:
     def html(self, folder: Path, title: str) -> str:
         e = html.escape
         out = [
-            "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-            f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f"<title>{e(title)}</title>",
+            f"<style>{CSS}</style>",
+            "</head>",
+            "<body>",
         ]
         for block in self.blocks:
             kind = block[0]
@@ -166,9 +172,14 @@ class Document:
                 out.append("<table>")
                 out.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
                 for row in rows:
-                    out.append("<tr>" + "".join(
-                        f'<td class="num">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>" for i, c in enumerate(row)
-                    ) + "</tr>")
+                    out.append(
+                        "<tr>"
+                        + "".join(
+                            f'<td class="num">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>"
+                            for i, c in enumerate(row)
+                        )
+                        + "</tr>"
+                    )
                 out.append("</table>")
             elif kind == "figure":
                 _, name, caption = block
@@ -243,8 +254,10 @@ def _architecture(options: dict) -> str:
 def _outcome(doc: Document, summary: dict | None) -> None:
     doc.heading("Outcome")
     if summary is None:
-        doc.paragraph("There is no summary.json: the run did not finish (it was interrupted or diverged), "
-                      "so there are no test results yet. The curves below show how far it got.")
+        doc.paragraph(
+            "There is no summary.json: the run did not finish (it was interrupted or diverged), "
+            "so there are no test results yet. The curves below show how far it got."
+        )
         return
     epochs_run = summary.get("epochs_run")
     doc.paragraph(
@@ -258,7 +271,10 @@ def _outcome(doc: Document, summary: dict | None) -> None:
         ("best validation accuracy", _percent(summary.get("best_val_accuracy"))),
         ("test loss", _number(summary.get("test_loss"))),
         ("status", summary.get("status", "—")),
-        ("training time", f"{_seconds(summary.get('train_seconds'))} ({_seconds(summary.get('seconds_per_epoch'))} per epoch)"),
+        (
+            "training time",
+            f"{_seconds(summary.get('train_seconds'))} ({_seconds(summary.get('seconds_per_epoch'))} per epoch)",
+        ),
         ("wall time", _seconds(summary.get("wall_seconds"))),
     ]
     speed = summary.get("train_samples_per_second")
@@ -276,8 +292,11 @@ def _configuration(doc: Document, config: dict) -> None:
     if data:
         with doc.folded("Data"):
             doc.table(("property", "value"), [(k, _value(v)) for k, v in data.items()], numeric=())
-    env = {key: config.get(key) for key in ("mlplab_version", "git_commit", "python", "numpy", "platform", "started")
-           if config.get(key) is not None}
+    env = {
+        key: config.get(key)
+        for key in ("mlplab_version", "git_commit", "python", "numpy", "platform", "started")
+        if config.get(key) is not None
+    }
     blas = config.get("blas") or {}
     if blas.get("library"):
         threads = f", {blas['threads']} threads" if blas.get("threads") else ""
@@ -287,31 +306,56 @@ def _configuration(doc: Document, config: dict) -> None:
             doc.table(("", "value"), list(env.items()), numeric=())
 
 
-def _training(doc: Document, figures: FigureJobs, run_dir: Path, steps: list[dict], history: list[dict], summary: dict | None) -> None:
+def _training(
+    doc: Document, figures: FigureJobs, run_dir: Path, steps: list[dict], history: list[dict], summary: dict | None
+) -> None:
     from mlplab import plots
 
     doc.heading("Training")
     if history:
         best = summary.get("best_epoch") if summary else None
         figures.add(plots.plot_curves, history, run_dir / FIGURES["curves"], best_epoch=best)
-        doc.figure(FIGURES["curves"], "Train and validation loss (left) and accuracy (right) per epoch; dotted: the best epoch, whose weights are kept.")
+        doc.figure(
+            FIGURES["curves"],
+            "Train and validation loss (left) and accuracy (right) per epoch; dotted: the best epoch, whose weights are kept.",
+        )
     if steps:
         figures.add(
-            plots.plot_loss_steps, [r["step"] for r in steps], [r["loss"] for r in steps], [r["epoch"] for r in steps],
+            plots.plot_loss_steps,
+            [r["step"] for r in steps],
+            [r["loss"] for r in steps],
+            [r["epoch"] for r in steps],
             run_dir / FIGURES["loss_steps"],
         )
-        doc.figure(FIGURES["loss_steps"], "Training loss at every step (faint), its moving average and the epoch boundaries "
-                   "(dashed); the axis shows the settled run, and the first steps above it are marked along its top edge.")
+        doc.figure(
+            FIGURES["loss_steps"],
+            "Training loss at every step (faint), its moving average and the epoch boundaries "
+            "(dashed); the axis shows the settled run, and the first steps above it are marked along its top edge.",
+        )
     else:
         doc.paragraph("steps.csv is empty: no training step was logged.")
     if history:
         with doc.folded(f"Per-epoch numbers ({len(history)} epoch{'s' if len(history) != 1 else ''})"):
             doc.table(
-                ("epoch", "train loss", "train accuracy", "validation loss", "validation accuracy", "learning rate", "seconds"),
+                (
+                    "epoch",
+                    "train loss",
+                    "train accuracy",
+                    "validation loss",
+                    "validation accuracy",
+                    "learning rate",
+                    "seconds",
+                ),
                 [
-                    (int(r["epoch"]), _number(r.get("train_loss")), _percent(r.get("train_accuracy")),
-                     _number(r.get("val_loss")), _percent(r.get("val_accuracy")), _value(r.get("lr")),
-                     _number(r.get("seconds"), 2))
+                    (
+                        int(r["epoch"]),
+                        _number(r.get("train_loss")),
+                        _percent(r.get("train_accuracy")),
+                        _number(r.get("val_loss")),
+                        _percent(r.get("val_accuracy")),
+                        _value(r.get("lr")),
+                        _number(r.get("seconds"), 2),
+                    )
                     for r in history
                 ],
             )
@@ -328,7 +372,10 @@ def _test_results(doc: Document, figures: FigureJobs, run_dir: Path, summary: di
 
     doc.heading("Test confusion matrix")
     figures.add(plots.plot_confusion, cm, names, run_dir / FIGURES["confusion"])
-    doc.figure(FIGURES["confusion"], f"Test confusion matrix ({total:,} samples): counts (left) and normalised by true class (right). Rows: true class; columns: predicted class.")
+    doc.figure(
+        FIGURES["confusion"],
+        f"Test confusion matrix ({total:,} samples): counts (left) and normalised by true class (right). Rows: true class; columns: predicted class.",
+    )
     pairs = most_confused(cm, CONFUSED_PAIRS)
     if pairs:
         doc.paragraph("Most confused class pairs (largest off-diagonal cells):")
@@ -343,10 +390,19 @@ def _test_results(doc: Document, figures: FigureJobs, run_dir: Path, summary: di
     doc.heading("Per-class metrics (test split)")
     by_beta = {beta: classification_metrics(cm, beta=beta) for beta in DEFAULT_BETAS}
     balanced = classification_metrics(cm, beta=1.0)
-    figures.add(plots.plot_per_class, balanced["precision"], balanced["recall"], balanced["f_beta"], names, run_dir / FIGURES["per_class"])
+    figures.add(
+        plots.plot_per_class,
+        balanced["precision"],
+        balanced["recall"],
+        balanced["f_beta"],
+        names,
+        run_dir / FIGURES["per_class"],
+    )
     doc.figure(FIGURES["per_class"], "Precision, recall and F1 of each class on the test split.")
-    doc.paragraph("F-beta per class: beta < 1 weighs precision more, beta > 1 recall (F0.1 is close to the "
-                  "precision, F10 to the recall).")
+    doc.paragraph(
+        "F-beta per class: beta < 1 weighs precision more, beta > 1 recall (F0.1 is close to the "
+        "precision, F10 to the recall)."
+    )
     doc.table(
         ("beta", *names),
         [(f"F{beta:g}", *(f"{v:.3f}" for v in metrics["f_beta"])) for beta, metrics in by_beta.items()],
@@ -377,11 +433,13 @@ def _test_results(doc: Document, figures: FigureJobs, run_dir: Path, summary: di
         "but it misses some. Leaning to recall is the opposite: it finds most of the class and pays with "
         "false alarms."
     )
-    doc.bullets([
-        f"Lean to precision: {described(leaning['precision'])}",
-        f"Lean to recall: {described(leaning['recall'])}",
-        f"Balanced: {', '.join(names[c] for c in leaning['balanced']) or 'none'}",
-    ])
+    doc.bullets(
+        [
+            f"Lean to precision: {described(leaning['precision'])}",
+            f"Lean to recall: {described(leaning['recall'])}",
+            f"Balanced: {', '.join(names[c] for c in leaning['balanced']) or 'none'}",
+        ]
+    )
 
 
 def _gradients(doc: Document, figures: FigureJobs, run_dir: Path, folder: Path | None = None) -> None:
@@ -391,10 +449,20 @@ def _gradients(doc: Document, figures: FigureJobs, run_dir: Path, folder: Path |
     if data is None:
         return
     doc.heading("Gradients")
-    figures.add(plots.plot_gradients, data["step"], data["layer"], data["weight_grad_norm"], data["update_ratio"],
-                (folder or run_dir) / FIGURES["gradients"], input_grad_norms=data["input_grad_norm"])
-    doc.figure(FIGURES["gradients"], "Weight-gradient norm, gradient at the layer's input (when recorded) and update/weight "
-               "ratio of each layer during training (log scales).")
+    figures.add(
+        plots.plot_gradients,
+        data["step"],
+        data["layer"],
+        data["weight_grad_norm"],
+        data["update_ratio"],
+        (folder or run_dir) / FIGURES["gradients"],
+        input_grad_norms=data["input_grad_norm"],
+    )
+    doc.figure(
+        FIGURES["gradients"],
+        "Weight-gradient norm, gradient at the layer's input (when recorded) and update/weight "
+        "ratio of each layer during training (log scales).",
+    )
 
 
 def build_report(run_dir, *, parallel: bool = True, out=None) -> Document:

@@ -60,7 +60,9 @@ def storage_error(exc: OSError, path, *, size: int | None = None, action: str = 
     if isinstance(exc, StorageError):
         return exc
     path = Path(path)
-    meaning = (exc.errno is not None and _MEANINGS.get(exc.errno)) or (exc.strerror or str(exc) or type(exc).__name__).lower()
+    meaning = (exc.errno is not None and _MEANINGS.get(exc.errno)) or (
+        exc.strerror or str(exc) or type(exc).__name__
+    ).lower()
     message = f"{meaning} while {action} {path}"
     details = []
     if size is not None:

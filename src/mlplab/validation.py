@@ -29,8 +29,16 @@ def _is_bool(value) -> bool:
     return isinstance(value, bool) or type(value).__name__ == "bool_"
 
 
-def integer(value, name: str, *, low: int = 1, high: int | None = None, what: str = "",
-            whole_floats: bool = False, error: type[Exception] = ConfigError) -> int:
+def integer(
+    value,
+    name: str,
+    *,
+    low: int = 1,
+    high: int | None = None,
+    what: str = "",
+    whole_floats: bool = False,
+    error: type[Exception] = ConfigError,
+) -> int:
     """``value`` as a Python int if it is an integer in [low, high] (NumPy integers included).
 
     ``whole_floats``: accept a float with no fractional part (a JSON or TOML file's ``3.0``).
@@ -53,8 +61,15 @@ def _integer_range(low: int, high: int | None, what: str) -> str:
     return f"an integer >= {low}"
 
 
-def number(value, name: str, *, low: float | None = None, above: float | None = None,
-           below: float | None = None, error: type[Exception] = ConfigError) -> float:
+def number(
+    value,
+    name: str,
+    *,
+    low: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    error: type[Exception] = ConfigError,
+) -> float:
     """``value`` as a float if it is a finite real number with low <= value, above < value and
     value < below (each bound only where given)."""
     ok = _is_finite_real(value)
@@ -85,8 +100,9 @@ def _number_range(low: float | None, above: float | None, below: float | None) -
     return "a finite number"
 
 
-def choice(value, name: str, choices, *, what: str | None = None, normalise: bool = True,
-           error: type[Exception] = ConfigError) -> str:
+def choice(
+    value, name: str, choices, *, what: str | None = None, normalise: bool = True, error: type[Exception] = ConfigError
+) -> str:
     """``value`` as one of ``choices`` (any iterable of names: a registry's keys), compared
     case-insensitively and, with ``normalise``, with dashes read as underscores."""
     if not isinstance(value, str) or not value.strip():

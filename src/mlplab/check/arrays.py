@@ -43,6 +43,7 @@ def constant_factor(actual, expected, tol: float = 1e-6) -> float | None:
 
 def describe_factor(c: float, batch: int) -> str:
     """' ÷ 64 (= S, the batch size)' style wording for a constant factor c."""
+
     def near(a, b):
         return abs(a - b) <= 1e-6 * abs(b)
 

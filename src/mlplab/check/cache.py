@@ -16,11 +16,13 @@ from mlplab.check.arrays import close
 from mlplab.check.context import LearnerError, Row
 
 
-def check_cache(row: Row, make: Callable, step: Callable, names: list[str], x1, dy1, x2, dy2,
-                consequence: str | None = None) -> None:
+def check_cache(
+    row: Row, make: Callable, step: Callable, names: list[str], x1, dy1, x2, dy2, consequence: str | None = None
+) -> None:
     """``make()`` builds a fresh module; ``step(module, x, dy)`` runs forward then backward and
     returns copies of the outputs named in ``names`` (Y, dX, parameter gradients).
     ``consequence``: a failure is explained by earlier ones (their text), so it names no mistake."""
+
     def run(*pairs):
         module = make()
         result = None
@@ -44,20 +46,29 @@ def check_cache(row: Row, make: Callable, step: Callable, names: list[str], x1, 
     verb = "equals" if len(wrong) == 1 else "equal"
     differ = "differs" if len(wrong) == 1 else "differ"
     if consequence:
-        row.fail(f"after a second forward/backward pair your {listed} {differ} from what a fresh module gives "
-                 f"for the second batch alone ({consequence})", kind="consequence")
+        row.fail(
+            f"after a second forward/backward pair your {listed} {differ} from what a fresh module gives "
+            f"for the second batch alone ({consequence})",
+            kind="consequence",
+        )
         return
     if all(_same(reused[i], stale[i]) for i in wrong):
-        row.fail(f"after forward(X₁), backward(dY₁), forward(X₂), backward(dY₂), your {listed} {verb} what "
-                 f"forward(X₁), backward(dY₂) gives: the second backward used values from the first forward call",
-                 "stale-cache")
+        row.fail(
+            f"after forward(X₁), backward(dY₁), forward(X₂), backward(dY₂), your {listed} {verb} what "
+            f"forward(X₁), backward(dY₂) gives: the second backward used values from the first forward call",
+            "stale-cache",
+        )
         return
     if all(_same(reused[i], np.asarray(fresh[i]) + np.asarray(first[i])) for i in wrong):
-        row.fail(f"after two forward/backward pairs your {listed} {verb} the sum of both pairs' gradients: "
-                 f"backward adds to the gradients instead of overwriting them")
+        row.fail(
+            f"after two forward/backward pairs your {listed} {verb} the sum of both pairs' gradients: "
+            f"backward adds to the gradients instead of overwriting them"
+        )
         return
-    row.fail(f"after a second forward/backward pair your {listed} {differ} from what a fresh module gives "
-             f"for the second batch alone")
+    row.fail(
+        f"after a second forward/backward pair your {listed} {differ} from what a fresh module gives "
+        f"for the second batch alone"
+    )
 
 
 def _same(a, b) -> bool:

@@ -21,9 +21,15 @@ FD_ENTRIES = 12
 
 
 def _rows(probe: Probe, name: str, formula: str, extra=()) -> dict:
-    labels = (("forward", f"forward: {formula}"), ("backward", "backward runs and returns dX"),
-              ("dX", "dX against mlplab"), ("fd", "dX vs central differences of your forward"), *extra,
-              ("cache", "cache: a second forward/backward pair"), ("clear", "clear_cache()"))
+    labels = (
+        ("forward", f"forward: {formula}"),
+        ("backward", "backward runs and returns dX"),
+        ("dX", "dX against mlplab"),
+        ("fd", "dX vs central differences of your forward"),
+        *extra,
+        ("cache", "cache: a second forward/backward pair"),
+        ("clear", "clear_cache()"),
+    )
     return {key: probe.row(name, label) for key, label in labels}
 
 
@@ -35,7 +41,9 @@ def _forward_backward(probe: Probe, rows, name: str, module, x, dout, tag: str):
         rows["forward"].fail(tagged(tag, exc), kind="error")
         return None
     try:
-        dx = probe.array(f"{name}.backward", probe.call(f"{name}.backward ({tag})", module.backward, dout.copy()), x.shape)
+        dx = probe.array(
+            f"{name}.backward", probe.call(f"{name}.backward ({tag})", module.backward, dout.copy()), x.shape
+        )
     except LearnerError as exc:
         rows["backward"].fail(tagged(tag, exc), kind="error")
         return None
@@ -46,7 +54,9 @@ def _central_differences(probe: Probe, row, name: str, module, x, dout, dx, tag:
     x_work = x.copy()
 
     def loss():
-        return float(np.sum(np.asarray(module.forward(x_work.copy()), dtype=np.float64) * dout))  # (a forward may write to its input)
+        return float(
+            np.sum(np.asarray(module.forward(x_work.copy()), dtype=np.float64) * dout)
+        )  # (a forward may write to its input)
 
     index = sample_indices(x.shape, FD_ENTRIES, rng)
     try:
@@ -56,8 +66,10 @@ def _central_differences(probe: Probe, row, name: str, module, x, dout, dx, tag:
         return
     error = rel_error(np.array([dx[i] for i in index]), numeric)
     if error > FD_TOL:
-        row.fail(f"{tag}: your dX disagrees with central differences of your forward "
-                 f"(relative error {error:.2g}, tolerance {FD_TOL:g})")
+        row.fail(
+            f"{tag}: your dX disagrees with central differences of your forward "
+            f"(relative error {error:.2g}, tolerance {FD_TOL:g})"
+        )
 
 
 def _cache_and_clear(probe: Probe, rows, name: str, make, shape) -> None:
@@ -181,7 +193,9 @@ def check_softmax(probe: Probe, cls) -> None:
     y_ref, _ = reference.softmax(x, np.zeros_like(x))
     try:
         module = make()
-        y = probe.array(f"{name}.forward", probe.call(f"{name}.forward (large logits)", module.forward, x.copy()), x.shape)
+        y = probe.array(
+            f"{name}.forward", probe.call(f"{name}.forward (large logits)", module.forward, x.copy()), x.shape
+        )
     except LearnerError as exc:
         rows["large"].error(exc)
     else:

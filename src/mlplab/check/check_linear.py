@@ -54,18 +54,21 @@ def build(probe: Probe, cls, weight: np.ndarray, bias: np.ndarray):
 
 
 def check(probe: Probe, cls) -> None:
-    rows = {key: probe.row(NAME, label) for key, label in (
-        ("params", "params and grads: shapes and dtype"),
-        ("forward", "forward: Y = X Wᵀ + b"),
-        ("backward", "backward runs and returns dX"),
-        ("dW", "dW = dYᵀ X"),
-        ("db", "db = 1ᵀ dY (sum over the batch)"),
-        ("dX", "dX = dY W"),
-        ("fd", "gradients vs central differences of your forward"),
-        ("cache", "cache: a second forward/backward pair"),
-        ("clear", "clear_cache()"),
-        ("init", "initialisation statistics"),
-    )}
+    rows = {
+        key: probe.row(NAME, label)
+        for key, label in (
+            ("params", "params and grads: shapes and dtype"),
+            ("forward", "forward: Y = X Wᵀ + b"),
+            ("backward", "backward runs and returns dX"),
+            ("dW", "dW = dYᵀ X"),
+            ("db", "db = 1ᵀ dY (sum over the batch)"),
+            ("dX", "dX = dY W"),
+            ("fd", "gradients vs central differences of your forward"),
+            ("cache", "cache: a second forward/backward pair"),
+            ("clear", "clear_cache()"),
+            ("init", "initialisation statistics"),
+        )
+    }
     for batch, in_f, out_f in SHAPES:
         _one_shape(probe, cls, rows, batch, in_f, out_f)
     _cache(probe, cls, rows["cache"], rows["clear"])
@@ -88,7 +91,9 @@ def _one_shape(probe: Probe, cls, rows, batch: int, in_f: int, out_f: int) -> No
         rows["params"].fail(tagged(tag, exc), kind="error")
         return
     try:
-        y = probe.array(f"{NAME}.forward", probe.call(f"{NAME}.forward ({tag})", layer.forward, x.copy()), (batch, out_f))
+        y = probe.array(
+            f"{NAME}.forward", probe.call(f"{NAME}.forward ({tag})", layer.forward, x.copy()), (batch, out_f)
+        )
     except LearnerError as exc:
         rows["forward"].fail(tagged(tag, exc), kind="error")
         return
@@ -102,11 +107,18 @@ def _one_shape(probe: Probe, cls, rows, batch: int, in_f: int, out_f: int) -> No
         return
     w_shape, b_shape = (layer.params["weight"].shape, layer.params["bias"].shape)
     if dw.shape != w_shape or db.shape != b_shape:
-        rows["params"].fail(f"{tag}: grads['weight'] has shape {dw.shape} and grads['bias'] {db.shape}; "
-                            f"each gradient has its parameter's shape, {w_shape} and {b_shape}")
+        rows["params"].fail(
+            f"{tag}: grads['weight'] has shape {dw.shape} and grads['bias'] {db.shape}; "
+            f"each gradient has its parameter's shape, {w_shape} and {b_shape}"
+        )
     checks = (
         ("dW", dw, dw_ref, lambda: diagnose.linear_weight_grad(dw, dw_ref, batch)),
-        ("db", db.reshape(-1) if db.shape == (1, out_f) else db, db_ref, lambda: diagnose.linear_bias_grad(db, db_ref, dout)),
+        (
+            "db",
+            db.reshape(-1) if db.shape == (1, out_f) else db,
+            db_ref,
+            lambda: diagnose.linear_bias_grad(db, db_ref, dout),
+        ),
         ("dX", dx, dx_ref, lambda: diagnose.linear_input_grad(dx, dx_ref, dout, weight)),
     )
     for key, actual, expected, find in checks:
@@ -121,18 +133,27 @@ def _central_differences(probe, layer, row, tag, x, dout, dw, db, dx, rng) -> No
     x_work = x.copy()
 
     def loss():
-        return float(np.sum(np.asarray(layer.forward(x_work.copy()), dtype=np.float64) * dout))  # (a forward may write to its input)
+        return float(
+            np.sum(np.asarray(layer.forward(x_work.copy()), dtype=np.float64) * dout)
+        )  # (a forward may write to its input)
 
     try:
-        for name, array, analytic in (("dW", layer.params["weight"], dw), ("db", layer.params["bias"], db),
-                                      ("dX", x_work, dx)):
+        for name, array, analytic in (
+            ("dW", layer.params["weight"], dw),
+            ("db", layer.params["bias"], db),
+            ("dX", x_work, dx),
+        ):
             index = sample_indices(array.shape, FD_ENTRIES, rng)
-            numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences, loss, array, index)
+            numeric = probe.call(
+                f"{NAME}.forward (central differences, {tag})", central_differences, loss, array, index
+            )
             mine = np.array([analytic[i] for i in index])
             error = rel_error(mine, numeric)
             if error > FD_TOL:
-                row.fail(f"{tag}: your {name} disagrees with central differences of your forward "
-                         f"(relative error {error:.2g}, tolerance {FD_TOL:g})")
+                row.fail(
+                    f"{tag}: your {name} disagrees with central differences of your forward "
+                    f"(relative error {error:.2g}, tolerance {FD_TOL:g})"
+                )
     except LearnerError as exc:
         row.fail(tagged(tag, exc), kind="error")
 
@@ -171,15 +192,25 @@ def _init(probe: Probe, cls, row) -> None:
         std = float(weight.std())
         expected = np.sqrt((1.0 if input_layer else 2.0) / in_f)
         if abs(std / expected - 1) > 0.05:
-            named = {f"√(1/in) = √(1/{in_f})": np.sqrt(1 / in_f), f"√(2/in) = √(2/{in_f})": np.sqrt(2 / in_f),
-                     f"√(2/out) = √(2/{out_f})": np.sqrt(2 / out_f), f"√(1/out) = √(1/{out_f})": np.sqrt(1 / out_f),
-                     "1": 1.0, f"√(2/(in + out)) = √(2/{in_f + out_f})": np.sqrt(2 / (in_f + out_f))}
+            named = {
+                f"√(1/in) = √(1/{in_f})": np.sqrt(1 / in_f),
+                f"√(2/in) = √(2/{in_f})": np.sqrt(2 / in_f),
+                f"√(2/out) = √(2/{out_f})": np.sqrt(2 / out_f),
+                f"√(1/out) = √(1/{out_f})": np.sqrt(1 / out_f),
+                "1": 1.0,
+                f"√(2/(in + out)) = √(2/{in_f + out_f})": np.sqrt(2 / (in_f + out_f)),
+            }
             like = next((f" ≈ {k}" for k, v in named.items() if abs(std / v - 1) <= 0.05), "")
-            row.fail(f"{call}: your weight std is {std:.4g}{like}; expected {'√(1/in)' if input_layer else '√(2/in)'} "
-                     f"= {expected:.4g} (ratio {std / expected:.3g})", "linear-init")
+            row.fail(
+                f"{call}: your weight std is {std:.4g}{like}; expected {'√(1/in)' if input_layer else '√(2/in)'} "
+                f"= {expected:.4g} (ratio {std / expected:.3g})",
+                "linear-init",
+            )
             continue
         if abs(float(weight.mean())) > 5 * expected / np.sqrt(weight.size):
             row.fail(f"{call}: your weights have mean {weight.mean():.3g}, not 0 (std {std:.3g})", "linear-init")
         if np.any(bias != 0):
-            row.fail(f"{call}: your bias is not zero at initialisation (largest |b| = {np.abs(bias).max():.3g})",
-                     "linear-init")
+            row.fail(
+                f"{call}: your bias is not zero at initialisation (largest |b| = {np.abs(bias).max():.3g})",
+                "linear-init",
+            )

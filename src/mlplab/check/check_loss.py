@@ -46,26 +46,33 @@ def label_format(probe: Probe, cls) -> Labels:
     labels = rng.integers(0, classes, batch)
     expected, _ = reference.cross_entropy(probs, labels)
     try:
-        if close(np.array([loss_value(probe, probe.call(f"{NAME}()", cls), probs, labels, "integer labels")]),
-                 np.array([expected])):
+        if close(
+            np.array([loss_value(probe, probe.call(f"{NAME}()", cls), probs, labels, "integer labels")]),
+            np.array([expected]),
+        ):
             return Labels(False)
     except LearnerError:
         pass
     try:
-        value = loss_value(probe, probe.call(f"{NAME}()", cls), probs, reference.one_hot(labels, classes), "one-hot labels")
+        value = loss_value(
+            probe, probe.call(f"{NAME}()", cls), probs, reference.one_hot(labels, classes), "one-hot labels"
+        )
     except LearnerError:
         return Labels(False)
     return Labels(close(np.array([value]), np.array([expected])))
 
 
 def check(probe: Probe, cls) -> Labels:
-    rows = {key: probe.row(NAME, label) for key, label in (
-        ("forward", "loss: mean over the batch of −log p[true class]"),
-        ("backward", "backward runs and returns dL/dx"),
-        ("grad", "dL/dx against mlplab"),
-        ("fd", "dL/dx vs central differences of your loss"),
-        ("zero", "a true-class probability of exactly 0"),
-    )}
+    rows = {
+        key: probe.row(NAME, label)
+        for key, label in (
+            ("forward", "loss: mean over the batch of −log p[true class]"),
+            ("backward", "backward runs and returns dL/dx"),
+            ("grad", "dL/dx against mlplab"),
+            ("fd", "dL/dx vs central differences of your loss"),
+            ("zero", "a true-class probability of exactly 0"),
+        )
+    }
     labels_as = label_format(probe, cls)
     for batch, classes in SHAPES:
         tag = f"S={batch}, {classes} classes"
@@ -84,8 +91,11 @@ def check(probe: Probe, cls) -> Labels:
             mistake, evidence = diagnose.cross_entropy_loss(loss, loss_ref, batch)
             rows["forward"].fail(f"{tag}: {evidence}", mistake)
         try:
-            grad = probe.array(f"{NAME}.backward",
-                               probe.call(f"{NAME}.backward ({tag})", module.backward, probs.copy(), given), probs.shape)
+            grad = probe.array(
+                f"{NAME}.backward",
+                probe.call(f"{NAME}.backward ({tag})", module.backward, probs.copy(), given),
+                probs.shape,
+            )
         except LearnerError as exc:
             rows["backward"].fail(tagged(tag, exc), kind="error")
             continue
@@ -99,14 +109,18 @@ def check(probe: Probe, cls) -> Labels:
             return float(np.asarray(module.forward(work.copy(), given), dtype=np.float64).reshape(-1)[0])
 
         try:
-            numeric = probe.call(f"{NAME}.forward (central differences, {tag})", central_differences, loss_at, work, index)
+            numeric = probe.call(
+                f"{NAME}.forward (central differences, {tag})", central_differences, loss_at, work, index
+            )
         except LearnerError as exc:
             rows["fd"].fail(tagged(tag, exc), kind="error")
         else:
             error = rel_error(np.array([grad[i] for i in index]), numeric)
             if error > FD_TOL:
-                rows["fd"].fail(f"{tag}: your dL/dx disagrees with central differences of your loss "
-                                f"(relative error {error:.2g}, tolerance {FD_TOL:g})")
+                rows["fd"].fail(
+                    f"{tag}: your dL/dx disagrees with central differences of your loss "
+                    f"(relative error {error:.2g}, tolerance {FD_TOL:g})"
+                )
     _zero_probability(probe, cls, rows["zero"], labels_as)
     for row in rows.values():
         row.done()
@@ -126,8 +140,11 @@ def _zero_probability(probe: Probe, cls, row, labels_as: Labels) -> None:
     try:
         module = probe.call(f"{NAME}()", cls)
         loss = loss_value(probe, module, probs, given, what)
-        grad = probe.array(f"{NAME}.backward", probe.call(f"{NAME}.backward ({what})", module.backward, probs.copy(), given),
-                           probs.shape)
+        grad = probe.array(
+            f"{NAME}.backward",
+            probe.call(f"{NAME}.backward ({what})", module.backward, probs.copy(), given),
+            probs.shape,
+        )
     except LearnerError as exc:
         row.error(exc)
         return

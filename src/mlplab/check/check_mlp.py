@@ -116,10 +116,14 @@ def structure_difference(built: Built, n_inputs: int, n_hidden: list[int], n_cla
     if yours == expected:
         return None
     first = next((i for i, (a, b) in enumerate(zip(yours, expected)) if a != b), min(len(yours), len(expected)))
-    where = (f"call {first + 1}: yours is {yours[first] if first < len(yours) else 'missing'}, expected "
-             f"{expected[first] if first < len(expected) else 'nothing more'}")
-    return (f"MLP({n_inputs}, {n_hidden}, {n_classes}).forward calls {' → '.join(yours) or 'no module of modules.py'}; "
-            f"expected {' → '.join(expected)} ({where})")
+    where = (
+        f"call {first + 1}: yours is {yours[first] if first < len(yours) else 'missing'}, expected "
+        f"{expected[first] if first < len(expected) else 'nothing more'}"
+    )
+    return (
+        f"MLP({n_inputs}, {n_hidden}, {n_classes}).forward calls {' → '.join(yours) or 'no module of modules.py'}; "
+        f"expected {' → '.join(expected)} ({where})"
+    )
 
 
 def reference_chain(built: Built) -> Sequential:
@@ -147,13 +151,16 @@ def set_weights(probe: Probe, built: Built, rng: np.random.Generator) -> None:
 
 
 def check(probe: Probe, mlp_cls, classes: dict) -> None:
-    rows = {key: probe.row(NAME, label) for key, label in (
-        ("structure", "layers, widths, order, input_layer"),
-        ("forward", "forward against mlplab's modules"),
-        ("backward", "backward: every layer's dW and db"),
-        ("cache", "cache: a second forward/backward pair"),
-        ("clear", "clear_cache()"),
-    )}
+    rows = {
+        key: probe.row(NAME, label)
+        for key, label in (
+            ("structure", "layers, widths, order, input_layer"),
+            ("forward", "forward against mlplab's modules"),
+            ("backward", "backward: every layer's dW and db"),
+            ("cache", "cache: a second forward/backward pair"),
+            ("clear", "clear_cache()"),
+        )
+    }
     earlier = sorted(probe.failed_modules)
     consequence = f"follows from the failures of {', '.join(earlier)} above" if earlier else None
     rng = probe.rng()
@@ -176,15 +183,21 @@ def check(probe: Probe, mlp_cls, classes: dict) -> None:
             param_arrays(probe, layer, *shape)
         set_weights(probe, built, rng)
         chain = reference_chain(built)
-        y = probe.array(f"{NAME}.forward", probe.call(f"{NAME}.forward", built.mlp.forward, x.copy()), (BATCH, N_CLASSES))
+        y = probe.array(
+            f"{NAME}.forward", probe.call(f"{NAME}.forward", built.mlp.forward, x.copy()), (BATCH, N_CLASSES)
+        )
     except LearnerError as exc:
         rows["forward"].error(exc)
         _finish(rows, ("backward", "cache", "clear"), "forward failed")
         return
     y_ref = chain.forward(x.copy())
     if not close(y, y_ref):
-        rows["forward"].fail(mismatch("your MLP's output", y, y_ref) + " (mlplab's modules, same weights)"
-                             + (f" ({consequence})" if consequence else ""), kind="consequence" if consequence else "numbers")
+        rows["forward"].fail(
+            mismatch("your MLP's output", y, y_ref)
+            + " (mlplab's modules, same weights)"
+            + (f" ({consequence})" if consequence else ""),
+            kind="consequence" if consequence else "numbers",
+        )
     try:
         probe.call(f"{NAME}.backward", built.mlp.backward, dout.copy())
         grads = [grad_arrays(probe, layer) for layer in built.linears()]
@@ -197,9 +210,11 @@ def check(probe: Probe, mlp_cls, classes: dict) -> None:
     for index, ((dw, db), ref) in enumerate(zip(grads, ref_layers)):
         for what, actual, expected in (("dW", dw, ref.grads["weight"]), ("db", db.reshape(-1), ref.grads["bias"])):
             if not close(actual, expected):
-                rows["backward"].fail(mismatch(f"layer {index + 1}'s {what}", actual, expected)
-                                      + (f" ({consequence})" if consequence else ""),
-                                      kind="consequence" if consequence else "numbers")
+                rows["backward"].fail(
+                    mismatch(f"layer {index + 1}'s {what}", actual, expected)
+                    + (f" ({consequence})" if consequence else ""),
+                    kind="consequence" if consequence else "numbers",
+                )
     weights = [(np.array(layer.params["weight"]), np.array(layer.params["bias"])) for layer in built.linears()]
 
     def make():

@@ -30,8 +30,17 @@ def check(probe: Probe, mlp_cls, classes: dict, ce_cls, labels_as) -> None:
     from mlplab.nn import SoftmaxCrossEntropy
 
     row = probe.row("training", f"{STEPS} SGD steps on digits (lr {LR}, batch {BATCH}) against mlplab")
-    record: dict[str, Any] = {"type": "train", "steps": STEPS, "batch": BATCH, "lr": LR, "hidden": HIDDEN,
-              "mlplab": [], "yours": [], "parted_at": None, "error": None}
+    record: dict[str, Any] = {
+        "type": "train",
+        "steps": STEPS,
+        "batch": BATCH,
+        "lr": LR,
+        "hidden": HIDDEN,
+        "mlplab": [],
+        "yours": [],
+        "parted_at": None,
+        "error": None,
+    }
     splits = load_digits(progress=False)
     x_all, y_all = splits.train.x.astype(np.float64), splits.train.y
     order = probe.rng().permutation(len(y_all))[: STEPS * BATCH]
@@ -51,19 +60,25 @@ def check(probe: Probe, mlp_cls, classes: dict, ce_cls, labels_as) -> None:
             bias[...] = source.params["bias"].reshape(bias.shape)
         ce = probe.call("CrossEntropyModule()", ce_cls)
         for step in range(STEPS):
-            index = order[step * BATCH:(step + 1) * BATCH]
+            index = order[step * BATCH : (step + 1) * BATCH]
             xb, yb = x_all[index], y_all[index]
             logits = ref.forward(xb)
             loss, dlogits = loss_fn.forward_backward(logits, yb)
             ref.backward(dlogits)
             for param, grad in ref.parameters():
                 param -= LR * grad
-            probs = probe.array("MLP.forward", probe.call(f"MLP.forward (training step {step + 1})", built.mlp.forward, xb.copy()))
+            probs = probe.array(
+                "MLP.forward", probe.call(f"MLP.forward (training step {step + 1})", built.mlp.forward, xb.copy())
+            )
             given = labels_as(yb, classes_n)
-            their_loss = probe.scalar("CrossEntropyModule.forward",
-                                      probe.call(f"CrossEntropyModule.forward (training step {step + 1})", ce.forward, probs, given))
-            dprobs = probe.array("CrossEntropyModule.backward",
-                                 probe.call(f"CrossEntropyModule.backward (training step {step + 1})", ce.backward, probs, given))
+            their_loss = probe.scalar(
+                "CrossEntropyModule.forward",
+                probe.call(f"CrossEntropyModule.forward (training step {step + 1})", ce.forward, probs, given),
+            )
+            dprobs = probe.array(
+                "CrossEntropyModule.backward",
+                probe.call(f"CrossEntropyModule.backward (training step {step + 1})", ce.backward, probs, given),
+            )
             probe.call(f"MLP.backward (training step {step + 1})", built.mlp.backward, dprobs)
             for layer in theirs:
                 dw, db = grad_arrays(probe, layer)
@@ -79,7 +94,10 @@ def check(probe: Probe, mlp_cls, classes: dict, ce_cls, labels_as) -> None:
     else:
         if record["parted_at"] is not None:
             step = record["parted_at"]
-            row.fail(f"the losses part at step {step}: mlplab {record['mlplab'][step - 1]:.8g}, "
-                     f"yours {record['yours'][step - 1]:.8g}", kind="consequence" if probe.failed_modules else "numbers")
+            row.fail(
+                f"the losses part at step {step}: mlplab {record['mlplab'][step - 1]:.8g}, "
+                f"yours {record['yours'][step - 1]:.8g}",
+                kind="consequence" if probe.failed_modules else "numbers",
+            )
     probe.write(record)
     row.done(f"the losses agree at every step (to {PART_TOL:g} relative)")

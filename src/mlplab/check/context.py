@@ -45,8 +45,7 @@ class Row:
         self.diagnosis = None
         if mistake is not None:
             m = MISTAKES[mistake]
-            message = (f"{evidence}. Right: {m.formula}. Derived in docs/backprop.md, "
-                       f"section \"{m.section}\".")
+            message = f'{evidence}. Right: {m.formula}. Derived in docs/backprop.md, section "{m.section}".'
             self.diagnosis = {"id": mistake, "message": message}
 
     def error(self, exc: LearnerError) -> None:
@@ -59,11 +58,17 @@ class Row:
         self.written = True
         if not self.passed:
             self.probe.failed_modules.add(self.module)
-        self.probe.write({
-            "type": "check", "module": self.module, "name": self.name, "passed": self.passed,
-            "evidence": self.evidence if not self.passed else evidence, "kind": self.kind,
-            "diagnosis": self.diagnosis,
-        })
+        self.probe.write(
+            {
+                "type": "check",
+                "module": self.module,
+                "name": self.name,
+                "passed": self.passed,
+                "evidence": self.evidence if not self.passed else evidence,
+                "kind": self.kind,
+                "diagnosis": self.diagnosis,
+            }
+        )
 
 
 class Probe:
@@ -125,8 +130,10 @@ class Probe:
         if not isinstance(value, np.ndarray):
             raise LearnerError(f"{what} returned a {type(value).__name__}, not a NumPy array")
         if value.dtype != np.float64:
-            raise LearnerError(f"{what} is a {value.dtype} array, not float64 (the checks feed float64 arrays "
-                               f"and compare to 1e-7: keep the input's dtype)")
+            raise LearnerError(
+                f"{what} is a {value.dtype} array, not float64 (the checks feed float64 arrays "
+                f"and compare to 1e-7: keep the input's dtype)"
+            )
         if shape is not None and value.shape != tuple(shape):
             raise LearnerError(f"{what} has shape {value.shape}, expected {tuple(shape)}")
         return value

@@ -26,8 +26,10 @@ def mismatch(what: str, actual: np.ndarray, expected: np.ndarray) -> str:
         return f"{what} has {bad} non-finite entries (inf or NaN) of {actual.size}"
     diff = np.abs(actual - expected)
     where = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
-    return (f"{what} differs from mlplab's: relative error {rel_error(actual, expected):.2g}; largest difference "
-            f"{diff[where]:.4g} at {list(where)} (yours {actual[where]:.6g}, expected {expected[where]:.6g})")
+    return (
+        f"{what} differs from mlplab's: relative error {rel_error(actual, expected):.2g}; largest difference "
+        f"{diff[where]:.4g} at {list(where)} (yours {actual[where]:.6g}, expected {expected[where]:.6g})"
+    )
 
 
 def _factor(what: str, actual, expected, batch: int) -> str | None:
@@ -39,12 +41,19 @@ def linear_weight_grad(actual: np.ndarray, expected: np.ndarray, batch: int) -> 
     out_f, in_f = expected.shape
     if actual.shape == (in_f, out_f) and close(actual, expected.T):
         if out_f == in_f:
-            return "linear-weight-grad-transposed", "your dW equals the expected dWᵀ (on a square layer, where the shapes cannot tell)"
-        return ("linear-weight-grad-transposed",
-                f"your dW has shape {actual.shape} and equals the expected dWᵀ; the weight, and so dW, is out × in = {expected.shape}")
+            return (
+                "linear-weight-grad-transposed",
+                "your dW equals the expected dWᵀ (on a square layer, where the shapes cannot tell)",
+            )
+        return (
+            "linear-weight-grad-transposed",
+            f"your dW has shape {actual.shape} and equals the expected dWᵀ; the weight, and so dW, is out × in = {expected.shape}",
+        )
     if actual.shape == expected.shape and out_f != in_f and close(actual, expected.T.reshape(expected.shape)):
-        return ("linear-weight-grad-transposed",
-                f"your dW holds the values of the expected dWᵀ ({in_f} × {out_f}) reshaped to {expected.shape}")
+        return (
+            "linear-weight-grad-transposed",
+            f"your dW holds the values of the expected dWᵀ ({in_f} × {out_f}) reshaped to {expected.shape}",
+        )
     if actual.shape == expected.shape:
         text = _factor("dW", actual, expected, batch)
         if text:
@@ -66,12 +75,17 @@ def linear_bias_grad(actual: np.ndarray, expected: np.ndarray, dout: np.ndarray)
                 text += ": a mean where a sum belongs"
             return "linear-bias-grad", text
     if actual.size == batch and batch != out_f and close(actual.reshape(-1), dout.sum(axis=1)):
-        return "linear-bias-grad", (f"your db has shape {actual.shape} and equals dY summed over its out axis "
-                                    f"(axis 1); the sum runs over the batch (axis 0), giving shape ({out_f},)")
+        return "linear-bias-grad", (
+            f"your db has shape {actual.shape} and equals dY summed over its out axis "
+            f"(axis 1); the sum runs over the batch (axis 0), giving shape ({out_f},)"
+        )
     if actual.shape == dout.shape and batch > 1 and close(actual, dout):
         return "linear-bias-grad", f"your db is dY itself, shape {actual.shape}, not summed over the batch"
     if actual.size == 1 and batch * out_f > 1 and close(actual.reshape(-1), [dout.sum()]):
-        return "linear-bias-grad", "your db is one number, the sum of all of dY; the sum runs over the batch only (axis 0)"
+        return (
+            "linear-bias-grad",
+            "your db is one number, the sum of all of dY; the sum runs over the batch only (axis 0)",
+        )
     return None, mismatch("db", actual, expected)
 
 
@@ -84,7 +98,10 @@ def linear_input_grad(actual: np.ndarray, expected: np.ndarray, dout: np.ndarray
         if text:
             return "linear-input-grad", text
     if actual.shape == expected.T.shape and close(actual, expected.T):
-        return "linear-input-grad", f"your dX has shape {actual.shape} and equals the expected dXᵀ; dX has the input's shape {expected.shape}"
+        return (
+            "linear-input-grad",
+            f"your dX has shape {actual.shape} and equals the expected dXᵀ; dX has the input's shape {expected.shape}",
+        )
     return None, mismatch("dX", actual, expected)
 
 
@@ -113,14 +130,18 @@ def elu_backward(actual: np.ndarray, expected: np.ndarray, x: np.ndarray, dout: 
     for text, value in candidates.items():
         if close(got, value):
             return "elu-backward", f"your dX is right for {right} and wrong for {side}, where it equals {text}"
-    return "elu-backward", (f"your dX is right for {right} and wrong for {side} "
-                            f"(relative error {rel_error(got, expected[region]):.2g} there)")
+    return "elu-backward", (
+        f"your dX is right for {right} and wrong for {side} "
+        f"(relative error {rel_error(got, expected[region]):.2g} there)"
+    )
 
 
 def softmax_backward(actual: np.ndarray, expected: np.ndarray, y: np.ndarray, dout: np.ndarray) -> Finding:
     if actual.shape == expected.shape and close(actual, dout * y * (1 - y)):
-        return ("softmax-backward-diagonal",
-                "your dX equals dY ⊙ Y ⊙ (1 − Y): the Jacobian's diagonal only, without its off-diagonal terms −yᵢyⱼ")
+        return (
+            "softmax-backward-diagonal",
+            "your dX equals dY ⊙ Y ⊙ (1 − Y): the Jacobian's diagonal only, without its off-diagonal terms −yᵢyⱼ",
+        )
     return None, mismatch("dX", actual, expected)
 
 
@@ -136,8 +157,10 @@ def softmax_large_logits(actual: np.ndarray, x: np.ndarray) -> Finding:
 def cross_entropy_loss(actual: float, expected: float, batch: int) -> Finding:
     c = constant_factor(np.array([actual]), np.array([expected]))
     if c is not None and batch > 1 and abs(c - batch) <= 1e-6 * batch:
-        return "cross-entropy-not-mean", (f"your loss is {actual:.6g}, the expected {expected:.6g} × {batch} "
-                                          f"(= S, the batch size): the sum over the batch where the mean belongs")
+        return "cross-entropy-not-mean", (
+            f"your loss is {actual:.6g}, the expected {expected:.6g} × {batch} "
+            f"(= S, the batch size): the sum over the batch where the mean belongs"
+        )
     return None, f"your loss is {actual:.6g}, expected {expected:.6g}"
 
 

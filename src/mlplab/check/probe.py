@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                 row.done()
             else:
                 classes[name] = cls
-        checks = {"LinearModule": check_linear.check, "ELUModule": check_activations.check_elu,
-                  "SoftMaxModule": check_activations.check_softmax}
+        checks = {
+            "LinearModule": check_linear.check,
+            "ELUModule": check_activations.check_elu,
+            "SoftMaxModule": check_activations.check_softmax,
+        }
         for name, run in checks.items():
             if name in classes:
                 guarded(probe, name, run, classes[name])
@@ -101,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 layers = {k: v for k, v in classes.items() if k != "CrossEntropyModule"}
                 guarded(probe, "MLP", check_mlp.check, mlp_cls, layers)
                 if args.train:
-                    guarded(probe, "training", check_train.check, mlp_cls, layers, classes["CrossEntropyModule"], labels_as)
+                    guarded(
+                        probe, "training", check_train.check, mlp_cls, layers, classes["CrossEntropyModule"], labels_as
+                    )
         else:
             probe.note("MLP", "no mlp_numpy.py in the folder: the MLP is not checked")
     probe.write({"type": "done"})

@@ -24,26 +24,40 @@ def diagnoses(outcome: Outcome) -> list[dict]:
                 found.append({"id": key[0], "module": key[1], "message": check["diagnosis"]["message"]})
         elif check.get("kind") == "numbers" and check["module"] not in explained:
             explained.add(check["module"])  # one per module: its other rows are usually the same error seen again
-            found.append({"id": UNRECOGNISED, "module": check["module"],
-                          "message": f"{check['name']}: {check['evidence']} (no known mistake gives these numbers)"
-                          + (f". Derived in docs/backprop.md, section \"{MODULE_SECTIONS[check['module']]}\"."
-                             if check["module"] in MODULE_SECTIONS else "")})
+            found.append(
+                {
+                    "id": UNRECOGNISED,
+                    "module": check["module"],
+                    "message": f"{check['name']}: {check['evidence']} (no known mistake gives these numbers)"
+                    + (
+                        f'. Derived in docs/backprop.md, section "{MODULE_SECTIONS[check["module"]]}".'
+                        if check["module"] in MODULE_SECTIONS
+                        else ""
+                    ),
+                }
+            )
     return found
 
 
 def as_json(outcome: Outcome) -> str:
-    return json.dumps({
-        "folder": str(outcome.folder),
-        "seed": outcome.seed,
-        "passed": outcome.passed,
-        "stopped": outcome.stopped,
-        "output_tail": outcome.output_tail if outcome.stopped else "",
-        "checks": [{"name": c["name"], "module": c["module"], "passed": c["passed"], "evidence": c["evidence"]}
-                   for c in outcome.checks],
-        "diagnoses": diagnoses(outcome),
-        "notes": [{"module": n["module"], "text": n["text"]} for n in outcome.notes],
-        "train": outcome.train,
-    }, indent=2, ensure_ascii=False)
+    return json.dumps(
+        {
+            "folder": str(outcome.folder),
+            "seed": outcome.seed,
+            "passed": outcome.passed,
+            "stopped": outcome.stopped,
+            "output_tail": outcome.output_tail if outcome.stopped else "",
+            "checks": [
+                {"name": c["name"], "module": c["module"], "passed": c["passed"], "evidence": c["evidence"]}
+                for c in outcome.checks
+            ],
+            "diagnoses": diagnoses(outcome),
+            "notes": [{"module": n["module"], "text": n["text"]} for n in outcome.notes],
+            "train": outcome.train,
+        },
+        indent=2,
+        ensure_ascii=False,
+    )
 
 
 def as_text(outcome: Outcome) -> str:
@@ -77,15 +91,23 @@ def as_text(outcome: Outcome) -> str:
         lines += ["", *training_table(outcome.train)]
     failed = sum(not c["passed"] for c in outcome.checks)
     named = sum(d["id"] != UNRECOGNISED for d in found)
-    lines += ["", f"{len(outcome.checks) - failed} of {len(outcome.checks)} checks passed"
-              + (f"; {named} mistake{'s' if named != 1 else ''} named" if named else "")
-              + ("; the check did not finish" if outcome.stopped else "") + "."]
+    lines += [
+        "",
+        f"{len(outcome.checks) - failed} of {len(outcome.checks)} checks passed"
+        + (f"; {named} mistake{'s' if named != 1 else ''} named" if named else "")
+        + ("; the check did not finish" if outcome.stopped else "")
+        + ".",
+    ]
     return "\n".join(lines)
 
 
 def training_table(train: dict) -> list[str]:
-    lines = [(f"Training: {train['steps']} SGD steps on digits, lr {train['lr']}, batch {train['batch']}, "
-              f"hidden {train['hidden']}, from mlplab's initial weights")]
+    lines = [
+        (
+            f"Training: {train['steps']} SGD steps on digits, lr {train['lr']}, batch {train['batch']}, "
+            f"hidden {train['hidden']}, from mlplab's initial weights"
+        )
+    ]
     if train["mlplab"]:
         lines.append(f"  {'step':>4}  {'mlplab':>12}  {'yours':>12}  {'difference':>11}")
         for step, (mine, theirs) in enumerate(zip(train["mlplab"], train["yours"]), start=1):

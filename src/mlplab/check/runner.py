@@ -59,8 +59,15 @@ def run_probe(folder: Path, seed: int = 0, train: bool = False, timeout: float =
         if train:
             command.append("--train")
         with open(log, "wb") as output:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                       cwd=tmp, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+                env=env,
+                start_new_session=True,
+            )
             try:
                 code = process.wait(timeout=timeout)
                 timed_out = False
@@ -82,7 +89,9 @@ def run_probe(folder: Path, seed: int = 0, train: bool = False, timeout: float =
         elif kind == "train":
             outcome.train = record
     if timed_out:
-        outcome.stopped = f"stopped after the time limit of {timeout:g} s" + (f", during {last_call}" if last_call else "")
+        outcome.stopped = f"stopped after the time limit of {timeout:g} s" + (
+            f", during {last_call}" if last_call else ""
+        )
     elif not done:
         how = f"exit status {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "no result"
         outcome.stopped = f"the checking process ended early ({how})" + (f", during {last_call}" if last_call else "")

@@ -9,7 +9,9 @@ def register(subparsers, parents) -> None:
     from mlplab.check.runner import DEFAULT_TIMEOUT
 
     parser = subparsers.add_parser(
-        "check", parents=parents, help="test your own NumPy modules (the course API) and name the mistakes",
+        "check",
+        parents=parents,
+        help="test your own NumPy modules (the course API) and name the mistakes",
         description="Run the LinearModule, ELUModule, SoftMaxModule and CrossEntropyModule of DIR/modules.py, and "
         "the MLP of DIR/mlp_numpy.py when present, against mlplab's modules and central differences, in a separate "
         "process with a time limit. Each failure that matches a known mistake is named, with the evidence, the "
@@ -19,10 +21,17 @@ def register(subparsers, parents) -> None:
     parser.add_argument("folder", metavar="DIR", help="folder holding modules.py (and optionally mlp_numpy.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights (default 0)")
-    parser.add_argument("--train", action="store_true",
-                        help="also train your MLP and mlplab's for 20 steps on digits from the same weights")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help=f"seconds the checks may take before they are stopped (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="also train your MLP and mlplab's for 20 steps on digits from the same weights",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds the checks may take before they are stopped (default {DEFAULT_TIMEOUT:g})",
+    )
     parser.set_defaults(run=run)
 
 
@@ -37,8 +46,9 @@ def run(args) -> int:
     if not folder.is_dir():
         raise ConfigError(f"{folder} is a file; give the folder that holds modules.py")
     if not (folder / "modules.py").is_file():
-        raise ConfigError(f"{folder} holds no modules.py (the LinearModule, ELUModule, SoftMaxModule and "
-                          f"CrossEntropyModule to check)")
+        raise ConfigError(
+            f"{folder} holds no modules.py (the LinearModule, ELUModule, SoftMaxModule and CrossEntropyModule to check)"
+        )
     if args.train and not (folder / "mlp_numpy.py").is_file():
         raise ConfigError(f"--train needs {folder / 'mlp_numpy.py'} (the MLP to train)")
     if not args.timeout > 0:

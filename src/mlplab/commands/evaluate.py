@@ -10,20 +10,41 @@ SPLITS = ("test", "validation")
 
 def register(subparsers, parents) -> None:
     parser = subparsers.add_parser(
-        "evaluate", parents=parents, help="confusion matrix, precision, recall and F-beta of a run's best model",
+        "evaluate",
+        parents=parents,
+        help="confusion matrix, precision, recall and F-beta of a run's best model",
         description="Load RUN_DIR/best.npz (written by either backend), rebuild the run's data with its saved "
         "options and print the accuracy, the confusion matrix (rows: true class, columns: predicted class) and "
         "each class's precision, recall and F-beta.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `mlplab train`")
     parser.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate (default test)")
-    parser.add_argument("--beta", type=float, nargs="+", default=[0.1, 1.0, 10.0], metavar="B",
-                        help="F-beta for each B (default 0.1 1 10: precision-heavy, balanced, recall-heavy)")
+    parser.add_argument(
+        "--beta",
+        type=float,
+        nargs="+",
+        default=[0.1, 1.0, 10.0],
+        metavar="B",
+        help="F-beta for each B (default 0.1 1 10: precision-heavy, balanced, recall-heavy)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, metavar="DIR",
-                        help="where the data set lies, if not where the run found it")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1000, metavar="N",
-                        help="samples per forward pass (default 1000)")
+    parser.add_argument(
+        "--data-dir",
+        "--data_dir",
+        dest="data_dir",
+        default=None,
+        metavar="DIR",
+        help="where the data set lies, if not where the run found it",
+    )
+    parser.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="samples per forward pass (default 1000)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -39,7 +60,9 @@ def _betas(values) -> list[float]:
     return betas
 
 
-def evaluate_run(run_dir, *, split: str = "test", betas=(0.1, 1.0, 10.0), data_dir=None, batch_size: int = 1000) -> dict:
+def evaluate_run(
+    run_dir, *, split: str = "test", betas=(0.1, 1.0, 10.0), data_dir=None, batch_size: int = 1000
+) -> dict:
     """Evaluate ``run_dir/best.npz`` on ``split`` of the run's data; the JSON-able result that
     ``mlplab evaluate`` prints (see :func:`result_dict`)."""
     from mlplab.config import TrainConfig
@@ -66,15 +89,25 @@ def evaluate_run(run_dir, *, split: str = "test", betas=(0.1, 1.0, 10.0), data_d
     data = load_data(config)
     dataset = getattr(data, split)
     if split == "validation" and len(dataset) == 0:
-        raise ConfigError(f"the run in {str(run_dir)!r} has no validation split (--validation-size 0); use --split test")
+        raise ConfigError(
+            f"the run in {str(run_dir)!r} has no validation split (--validation-size 0); use --split test"
+        )
     if model.n_classes != data.num_classes or model.n_inputs != data.num_features:
         raise CheckpointError(
             f"best.npz in {str(run_dir)!r} expects {model.n_inputs} features and {model.n_classes} classes, "
             f"but the data has {data.num_features} and {data.num_classes}"
         )
     result = evaluate(model, dataset, batch_size=batch_size, tta_flip=config.tta_flip, image_shape=data.image_shape)
-    return result_dict(result, betas, class_names=list(data.class_names), run_dir=str(run_dir), split=split,
-                       dataset=data.name, backend=meta.get("backend"), epoch=meta.get("epoch"))
+    return result_dict(
+        result,
+        betas,
+        class_names=list(data.class_names),
+        run_dir=str(run_dir),
+        split=split,
+        dataset=data.name,
+        backend=meta.get("backend"),
+        epoch=meta.get("epoch"),
+    )
 
 
 def result_dict(result, betas, *, class_names, **extra) -> dict:
@@ -139,8 +172,15 @@ def format_text(result: dict) -> str:
         return f"{label:<{name_width}}" + "".join(f"  {v:>{w}}" for v, w in zip(values, widths))
 
     for index, name in enumerate(names):
-        lines.append(row(name, result["precision"][index], result["recall"][index],
-                         [result["f_beta"][key][index] for key in keys], result["support"][index]))
+        lines.append(
+            row(
+                name,
+                result["precision"][index],
+                result["recall"][index],
+                [result["f_beta"][key][index] for key in keys],
+                result["support"][index],
+            )
+        )
     total = sum(result["support"])
     for average, label in (("macro", "macro avg"), ("weighted", "weighted avg")):
         a = result[average]
@@ -156,10 +196,11 @@ def run(args) -> int:
 
         raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
     betas = _betas(args.beta)
-    result = evaluate_run(args.run_dir, split=args.split, betas=betas, data_dir=args.data_dir, batch_size=args.batch_size)
+    result = evaluate_run(
+        args.run_dir, split=args.split, betas=betas, data_dir=args.data_dir, batch_size=args.batch_size
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_text(result))
     return 0
-

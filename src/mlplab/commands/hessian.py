@@ -18,7 +18,9 @@ LANCZOS_TOLERANCE = 1e-4
 
 def register(subparsers, parents) -> None:
     parser = subparsers.add_parser(
-        "hessian", parents=parents, help="eigenvalues, trace and density of the loss Hessian of a run's best model",
+        "hessian",
+        parents=parents,
+        help="eigenvalues, trace and density of the loss Hessian of a run's best model",
         description="Load RUN_DIR/best.npz in float64, rebuild the run's data with its saved options and take a "
         "fixed subset of one split. On the mean cross-entropy over that subset, with respect to all parameters: "
         "the largest and smallest Hessian eigenvalues (thick-restart Lanczos on exact Hessian-vector products), "
@@ -27,48 +29,135 @@ def register(subparsers, parents) -> None:
         f"is. Writes RUN_DIR/{JSON_NAME} (and {DENSITY_NAME} with --density).",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `mlplab train`")
-    parser.add_argument("--split", choices=SPLITS, default="train", help="the split the loss is taken on (default train)")
-    parser.add_argument("--samples", type=int, default=5000, metavar="N",
-                        help="size of the subset: the first N of a seeded permutation of the split (default 5000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the Lanczos start and the probes (default 0)")
-    parser.add_argument("--top", type=int, default=10, metavar="K", help="largest eigenvalues to compute (default 10, at least 1)")
-    parser.add_argument("--bottom", type=int, default=10, metavar="K", help="smallest eigenvalues to compute (default 10, at least 1)")
-    parser.add_argument("--trace-samples", "--trace_samples", dest="trace_samples", type=int, default=50, metavar="N",
-                        help="Rademacher probes of Hutchinson's trace estimator (default 50; 0 skips the trace)")
-    parser.add_argument("--density", action="store_true",
-                        help=f"also estimate the spectral density and plot it to RUN_DIR/{DENSITY_NAME}")
-    parser.add_argument("--density-vectors", "--density_vectors", dest="density_vectors", type=int, default=4, metavar="N",
-                        help="random start vectors of the density estimate (default 4)")
-    parser.add_argument("--density-steps", "--density_steps", dest="density_steps", type=int, default=60, metavar="N",
-                        help="Lanczos steps per start vector of the density estimate (default 60)")
-    parser.add_argument("--tol", type=float, default=VERDICT_TOLERANCE, metavar="T",
-                        help="an eigenvalue is clearly negative below -T x max|eigenvalue| "
-                        f"(default {VERDICT_TOLERANCE:g})")
-    parser.add_argument("--lanczos-tol", "--lanczos_tol", dest="lanczos_tol", type=float, default=LANCZOS_TOLERANCE,
-                        metavar="T", help="a Ritz value has converged when its residual is below T x max|eigenvalue| "
-                        f"(default {LANCZOS_TOLERANCE:g})")
-    parser.add_argument("--max-products", "--max_products", dest="max_products", type=int, default=500, metavar="N",
-                        help="Hessian-vector products Lanczos may spend before it stops unconverged (default 500)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1000, metavar="N",
-                        help="samples per pass inside each Hessian-vector product (default 1000; bounds the memory)")
-    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, metavar="DIR",
-                        help="where the data set lies, if not where the run found it")
+    parser.add_argument(
+        "--split", choices=SPLITS, default="train", help="the split the loss is taken on (default train)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="size of the subset: the first N of a seeded permutation of the split (default 5000)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the subset, the Lanczos start and the probes (default 0)"
+    )
+    parser.add_argument(
+        "--top", type=int, default=10, metavar="K", help="largest eigenvalues to compute (default 10, at least 1)"
+    )
+    parser.add_argument(
+        "--bottom", type=int, default=10, metavar="K", help="smallest eigenvalues to compute (default 10, at least 1)"
+    )
+    parser.add_argument(
+        "--trace-samples",
+        "--trace_samples",
+        dest="trace_samples",
+        type=int,
+        default=50,
+        metavar="N",
+        help="Rademacher probes of Hutchinson's trace estimator (default 50; 0 skips the trace)",
+    )
+    parser.add_argument(
+        "--density",
+        action="store_true",
+        help=f"also estimate the spectral density and plot it to RUN_DIR/{DENSITY_NAME}",
+    )
+    parser.add_argument(
+        "--density-vectors",
+        "--density_vectors",
+        dest="density_vectors",
+        type=int,
+        default=4,
+        metavar="N",
+        help="random start vectors of the density estimate (default 4)",
+    )
+    parser.add_argument(
+        "--density-steps",
+        "--density_steps",
+        dest="density_steps",
+        type=int,
+        default=60,
+        metavar="N",
+        help="Lanczos steps per start vector of the density estimate (default 60)",
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=VERDICT_TOLERANCE,
+        metavar="T",
+        help=f"an eigenvalue is clearly negative below -T x max|eigenvalue| (default {VERDICT_TOLERANCE:g})",
+    )
+    parser.add_argument(
+        "--lanczos-tol",
+        "--lanczos_tol",
+        dest="lanczos_tol",
+        type=float,
+        default=LANCZOS_TOLERANCE,
+        metavar="T",
+        help="a Ritz value has converged when its residual is below T x max|eigenvalue| "
+        f"(default {LANCZOS_TOLERANCE:g})",
+    )
+    parser.add_argument(
+        "--max-products",
+        "--max_products",
+        dest="max_products",
+        type=int,
+        default=500,
+        metavar="N",
+        help="Hessian-vector products Lanczos may spend before it stops unconverged (default 500)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="samples per pass inside each Hessian-vector product (default 1000; bounds the memory)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        "--data_dir",
+        dest="data_dir",
+        default=None,
+        metavar="DIR",
+        help="where the data set lies, if not where the run found it",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(run=run)
 
 
-def check_options(*, seed: int, samples: int, top: int, bottom: int, trace_samples: int, density_vectors: int, density_steps: int,
-                  tol: float, lanczos_tol: float, max_products: int, batch_size: int) -> None:
+def check_options(
+    *,
+    seed: int,
+    samples: int,
+    top: int,
+    bottom: int,
+    trace_samples: int,
+    density_vectors: int,
+    density_steps: int,
+    tol: float,
+    lanczos_tol: float,
+    max_products: int,
+    batch_size: int,
+) -> None:
     """Raise ConfigError for the first option out of range."""
     import math
 
     from mlplab.errors import ConfigError
 
-    for flag, value, low in (("--seed", seed, 0), ("--samples", samples, 1), ("--top", top, 1), ("--bottom", bottom, 1),
-                             ("--trace-samples", trace_samples, 0), ("--density-vectors", density_vectors, 1),
-                             ("--density-steps", density_steps, 2), ("--max-products", max_products, 1),
-                             ("--batch-size", batch_size, 1)):
+    for flag, value, low in (
+        ("--seed", seed, 0),
+        ("--samples", samples, 1),
+        ("--top", top, 1),
+        ("--bottom", bottom, 1),
+        ("--trace-samples", trace_samples, 0),
+        ("--density-vectors", density_vectors, 1),
+        ("--density-steps", density_steps, 2),
+        ("--max-products", max_products, 1),
+        ("--batch-size", batch_size, 1),
+    ):
         if value < low:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
             raise ConfigError(f"{flag} must be {what}, got {value}")
@@ -95,7 +184,9 @@ def _load(run_dir: Path, split: str, data_dir):
     checkpoint = load_checkpoint(checkpoint_path(run_dir))
     # float64 whatever the run trained in: products and Lanczos need the precision
     model = build_numpy_model({**checkpoint.meta, "dtype": "float64"}, checkpoint.model)
-    options = read_config(run_dir).get("options") if (run_dir / "config.json").exists() else checkpoint.meta.get("config")
+    options = (
+        read_config(run_dir).get("options") if (run_dir / "config.json").exists() else checkpoint.meta.get("config")
+    )
     if not options:
         raise CheckpointError(f"run folder {str(run_dir)!r} records no training options")
     if data_dir is not None:
@@ -128,10 +219,25 @@ def _holding_run_lock(function):
 
 
 @_holding_run_lock
-def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int = 0, top: int = 10, bottom: int = 10,
-                trace_samples: int = 50, density: bool = False, density_vectors: int = 4, density_steps: int = 60,
-                tol: float | None = None, lanczos_tol: float | None = None, max_products: int = 500,
-                batch_size: int = 1000, data_dir=None, progress=None) -> dict:
+def analyse_run(
+    run_dir,
+    *,
+    split: str = "train",
+    samples: int = 5000,
+    seed: int = 0,
+    top: int = 10,
+    bottom: int = 10,
+    trace_samples: int = 50,
+    density: bool = False,
+    density_vectors: int = 4,
+    density_steps: int = 60,
+    tol: float | None = None,
+    lanczos_tol: float | None = None,
+    max_products: int = 500,
+    batch_size: int = 1000,
+    data_dir=None,
+    progress=None,
+) -> dict:
     """Analyse the Hessian of ``run_dir/best.npz`` and write ``hessian.json`` (and the density
     plot) into the run folder; returns what hessian.json holds. ``progress(text)`` is told each
     phase as it ends."""
@@ -141,9 +247,19 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
 
     tol = VERDICT_TOLERANCE if tol is None else tol
     lanczos_tol = LANCZOS_TOLERANCE if lanczos_tol is None else lanczos_tol
-    check_options(seed=seed, samples=samples, top=top, bottom=bottom, trace_samples=trace_samples, density_vectors=density_vectors,
-                  density_steps=density_steps, tol=tol, lanczos_tol=lanczos_tol, max_products=max_products,
-                  batch_size=batch_size)
+    check_options(
+        seed=seed,
+        samples=samples,
+        top=top,
+        bottom=bottom,
+        trace_samples=trace_samples,
+        density_vectors=density_vectors,
+        density_steps=density_steps,
+        tol=tol,
+        lanczos_tol=lanczos_tol,
+        max_products=max_products,
+        batch_size=batch_size,
+    )
     say = progress or (lambda text: None)
     run_dir = Path(run_dir)
     began = time.perf_counter()
@@ -153,8 +269,10 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
     operator = hs.ModelHessian(model, x, y, batch_size=batch_size)
     timing = {"load_seconds": time.perf_counter() - began}
     gradient_norm = float(np.linalg.norm(operator.gradient))
-    say(f"{len(y):,} {split} samples, {operator.dim:,} parameters: loss {operator.loss:.4f}, "
-        f"gradient norm {gradient_norm:.4g} ({timing['load_seconds']:.1f} s)")
+    say(
+        f"{len(y):,} {split} samples, {operator.dim:,} parameters: loss {operator.loss:.4f}, "
+        f"gradient norm {gradient_norm:.4g} ({timing['load_seconds']:.1f} s)"
+    )
     lanczos = _eigenvalues(operator, top, bottom, lanczos_tol, max_products, seeds[1], timing, say)
     trace = _trace(operator, trace_samples, seeds[2], timing, say) if trace_samples else None
     density_result = None
@@ -166,11 +284,24 @@ def analyse_run(run_dir, *, split: str = "train", samples: int = 5000, seed: int
     timing["products"] = operator.products
     timing["seconds_per_product"] = operator.seconds / max(operator.products, 1)
     result = {
-        "run_dir": str(run_dir), "checkpoint": "best.npz", "epoch": meta.get("epoch"), "dataset": data.name,
-        "split": split, "samples": len(y), "seed": seed, "parameters": operator.dim, "objective": OBJECTIVE,
-        "method": operator.method, "loss": operator.loss, "gradient_norm": gradient_norm,
-        "eigenvalues": _eigenvalue_record(lanczos), "trace": trace, "verdict": verdict, "density": density_result,
-        "timing": timing, "mlplab_version": _version(),
+        "run_dir": str(run_dir),
+        "checkpoint": "best.npz",
+        "epoch": meta.get("epoch"),
+        "dataset": data.name,
+        "split": split,
+        "samples": len(y),
+        "seed": seed,
+        "parameters": operator.dim,
+        "objective": OBJECTIVE,
+        "method": operator.method,
+        "loss": operator.loss,
+        "gradient_norm": gradient_norm,
+        "eigenvalues": _eigenvalue_record(lanczos),
+        "trace": trace,
+        "verdict": verdict,
+        "density": density_result,
+        "timing": timing,
+        "mlplab_version": _version(),
     }
     _write_result(run_dir, result)
     return result
@@ -195,11 +326,14 @@ def _eigenvalues(operator, top, bottom, lanczos_tol, max_products, seed, timing:
     from mlplab import hessian as hs
 
     phase = time.perf_counter()
-    lanczos = hs.lanczos_extremes(operator, operator.dim, top=top, bottom=bottom, tol=lanczos_tol,
-                                  max_products=max_products, seed=seed)
+    lanczos = hs.lanczos_extremes(
+        operator, operator.dim, top=top, bottom=bottom, tol=lanczos_tol, max_products=max_products, seed=seed
+    )
     timing["eigenvalue_seconds"] = time.perf_counter() - phase
-    say(f"Lanczos: {lanczos.products} products, {lanczos.restarts} restarts, "
-        f"{'converged' if lanczos.converged else 'NOT converged'} ({timing['eigenvalue_seconds']:.1f} s)")
+    say(
+        f"Lanczos: {lanczos.products} products, {lanczos.restarts} restarts, "
+        f"{'converged' if lanczos.converged else 'NOT converged'} ({timing['eigenvalue_seconds']:.1f} s)"
+    )
     return lanczos
 
 
@@ -225,8 +359,12 @@ def _trace(operator, samples: int, seed, timing: dict, say) -> dict:
     estimate = hs.hutchinson_trace(operator, operator.dim, samples, seed=seed)
     timing["trace_seconds"] = time.perf_counter() - phase
     say(f"trace: {estimate.estimate:.6g} ({timing['trace_seconds']:.1f} s)")
-    return {"estimate": estimate.estimate, "standard_error": estimate.standard_error, "samples": estimate.samples,
-            "estimator": "Hutchinson, Rademacher probes"}
+    return {
+        "estimate": estimate.estimate,
+        "standard_error": estimate.standard_error,
+        "samples": estimate.samples,
+        "estimator": "Hutchinson, Rademacher probes",
+    }
 
 
 def _density(operator, run_dir: Path, vectors: int, steps: int, seed, title: str, timing: dict, say) -> dict:
@@ -245,8 +383,13 @@ def _density(operator, run_dir: Path, vectors: int, steps: int, seed, title: str
         raise CheckpointError(f"cannot write {str(png)!r}: {exc}") from None
     timing["density_seconds"] = time.perf_counter() - phase
     say(f"density: wrote {png} ({timing['density_seconds']:.1f} s)")
-    return {"png": DENSITY_NAME, "vectors": vectors, "steps": int(sld.nodes.shape[1]),
-            "nodes": sld.nodes.tolist(), "weights": sld.weights.tolist()}
+    return {
+        "png": DENSITY_NAME,
+        "vectors": vectors,
+        "steps": int(sld.nodes.shape[1]),
+        "nodes": sld.nodes.tolist(),
+        "weights": sld.weights.tolist(),
+    }
 
 
 def _verdict(lanczos, tol: float) -> dict:
@@ -257,7 +400,9 @@ def _verdict(lanczos, tol: float) -> dict:
     verdict = hs.classify(np.concatenate([lanczos.top, lanczos.bottom]), tol)
     verdict["converged"] = lanczos.converged
     if not lanczos.converged and verdict["verdict"] == "minimum":
-        verdict["reason"] += "; Lanczos did not converge, so a negative eigenvalue may have been missed (raise --max-products)"
+        verdict["reason"] += (
+            "; Lanczos did not converge, so a negative eigenvalue may have been missed (raise --max-products)"
+        )
     return verdict
 
 
@@ -278,10 +423,14 @@ def format_text(result: dict) -> str:
     eig = result["eigenvalues"]
     origin = f" (best epoch {result['epoch']})" if result.get("epoch") is not None else ""
     lines = [
-        (f"{result['run_dir']}{origin}: Hessian of the mean cross-entropy on {result['samples']:,} "
-        f"{result['dataset']} {result['split']} samples, {result['parameters']:,} parameters"),
-        (f"loss {result['loss']:.6g}, gradient norm {result['gradient_norm']:.4g} "
-        f"(products by {result['method']}, float64)"),
+        (
+            f"{result['run_dir']}{origin}: Hessian of the mean cross-entropy on {result['samples']:,} "
+            f"{result['dataset']} {result['split']} samples, {result['parameters']:,} parameters"
+        ),
+        (
+            f"loss {result['loss']:.6g}, gradient norm {result['gradient_norm']:.4g} "
+            f"(products by {result['method']}, float64)"
+        ),
         "",
         f"{'rank':>4}  {'largest':>12}  {'residual':>8}  {'smallest':>12}  {'residual':>8}",
     ]
@@ -292,8 +441,10 @@ def format_text(result: dict) -> str:
             cells.append(f"{values[i]:>12.6g}  {residuals[i]:>8.1e}" if i < len(values) else f"{'':>12}  {'':>8}")
         lines.append(f"{i + 1:>4}  " + "  ".join(cells))
     status = "converged" if eig["converged"] else "NOT converged"
-    lines.append(f"Lanczos: {eig['products']} products, {eig['restarts']} restarts, {status} "
-                 f"(residual <= {eig['tolerance']:g} x max|eigenvalue|)")
+    lines.append(
+        f"Lanczos: {eig['products']} products, {eig['restarts']} restarts, {status} "
+        f"(residual <= {eig['tolerance']:g} x max|eigenvalue|)"
+    )
     if result["trace"]:
         trace = result["trace"]
         error = f" +- {trace['standard_error']:.3g}" if trace["standard_error"] is not None else ""
@@ -304,8 +455,10 @@ def format_text(result: dict) -> str:
     lines.append("")
     lines.append(f"verdict: {verdict['verdict']}: {verdict['reason']}")
     timing = result["timing"]
-    lines.append(f"took {timing['total_seconds']:.1f} s ({timing['products']} Hessian-vector products, "
-                 f"{timing['seconds_per_product']:.3f} s each); wrote {Path(result['run_dir']) / JSON_NAME}")
+    lines.append(
+        f"took {timing['total_seconds']:.1f} s ({timing['products']} Hessian-vector products, "
+        f"{timing['seconds_per_product']:.3f} s each); wrote {Path(result['run_dir']) / JSON_NAME}"
+    )
     return "\n".join(lines)
 
 
@@ -316,10 +469,22 @@ def run(args) -> int:
         print(f"mlplab hessian: {text}", file=sys.stderr, flush=True)
 
     result = analyse_run(
-        args.run_dir, split=args.split, samples=args.samples, seed=args.seed, top=args.top, bottom=args.bottom,
-        trace_samples=args.trace_samples, density=args.density, density_vectors=args.density_vectors,
-        density_steps=args.density_steps, tol=args.tol, lanczos_tol=args.lanczos_tol, max_products=args.max_products,
-        batch_size=args.batch_size, data_dir=args.data_dir, progress=None if args.quiet else progress,
+        args.run_dir,
+        split=args.split,
+        samples=args.samples,
+        seed=args.seed,
+        top=args.top,
+        bottom=args.bottom,
+        trace_samples=args.trace_samples,
+        density=args.density,
+        density_vectors=args.density_vectors,
+        density_steps=args.density_steps,
+        tol=args.tol,
+        lanczos_tol=args.lanczos_tol,
+        max_products=args.max_products,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        progress=None if args.quiet else progress,
     )
     if args.json:
         print(json.dumps(result, indent=2))

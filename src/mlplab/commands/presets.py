@@ -5,7 +5,9 @@ from __future__ import annotations
 
 def register(subparsers, parents) -> None:
     parser = subparsers.add_parser(
-        "presets", parents=parents, help="list the shipped configurations (use one with `mlplab train --preset NAME`)",
+        "presets",
+        parents=parents,
+        help="list the shipped configurations (use one with `mlplab train --preset NAME`)",
         description="List the presets shipped with mlplab, or show one in full.",
     )
     parser.add_argument("name", nargs="?", help="show this preset's options")

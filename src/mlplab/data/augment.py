@@ -25,8 +25,10 @@ def _image_shape(image_shape) -> tuple[int, int, int]:
 
 def _as_images(x: np.ndarray, shape: tuple[int, int, int], who: str) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != shape[0] * shape[1] * shape[2]:
-        raise ConfigError(f"{who}: expected rows of {shape[0] * shape[1] * shape[2]} features "
-                          f"(image shape {shape}), got an array of shape {x.shape}")
+        raise ConfigError(
+            f"{who}: expected rows of {shape[0] * shape[1] * shape[2]} features "
+            f"(image shape {shape}), got an array of shape {x.shape}"
+        )
     return x.reshape(len(x), *shape)
 
 
@@ -72,7 +74,7 @@ class RandomCropFlip:
                 # the zero border is written once; later calls overwrite only the interior
                 self._padded = np.zeros((batch, c, h + 2 * p, w + 2 * p), xb.dtype)
             padded = self._padded[:batch]
-            padded[:, :, p:p + h, p:p + w] = images
+            padded[:, :, p : p + h, p : p + w] = images
             offsets = self.rng.integers(0, 2 * p + 1, size=(2, batch))
             # windows[b, c, i, j] is the h x w crop whose top-left corner is (i, j) of the padded
             # image; one fancy index gathers every sample's crop in a single C loop.

@@ -184,7 +184,9 @@ def prepared_enabled() -> bool:
     return os.environ.get("MLPLAB_PREPARED_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def load_prepared(entry: Path, variant: str, shapes: dict[str, tuple[int, int]]) -> tuple[dict[str, np.ndarray], dict] | None:
+def load_prepared(
+    entry: Path, variant: str, shapes: dict[str, tuple[int, int]]
+) -> tuple[dict[str, np.ndarray], dict] | None:
     """The float32 arrays ``{name: (rows, features)}`` saved for ``variant`` in ``entry`` (mapped
     copy-on-write) and their meta.json, or None when they are missing, incomplete or of other shapes."""
     if not prepared_enabled():

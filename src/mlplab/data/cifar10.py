@@ -69,8 +69,15 @@ class Source:
     stamp: list
 
 
-def load_cifar10(data_dir=None, validation_size: int = 5000, split_seed: int = 42, download: bool = True,
-                 normalize: bool = True, normalization: str = "published", progress: bool = True) -> DatasetSplits:
+def load_cifar10(
+    data_dir=None,
+    validation_size: int = 5000,
+    split_seed: int = 42,
+    download: bool = True,
+    normalize: bool = True,
+    normalization: str = "published",
+    progress: bool = True,
+) -> DatasetSplits:
     """CIFAR-10 as train / validation / test splits.
 
     ``x``: float32 (N, 3072) in the raw CIFAR row layout (R plane, then G, then B, each 32x32 row
@@ -95,9 +102,11 @@ def _find(root: Path, download: bool, progress: bool) -> tuple[Source, bool]:
     if source is not None:
         return source, False
     if not download:
-        raise DataError(f"CIFAR-10 not found in {os.path.abspath(root)} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}); "
-                        f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds one of them, "
-                        f"or allow downloading it (download=True)")
+        raise DataError(
+            f"CIFAR-10 not found in {os.path.abspath(root)} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}); "
+            f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds one of them, "
+            f"or allow downloading it (download=True)"
+        )
     return _download(root, progress), True
 
 
@@ -108,11 +117,16 @@ def _decode(found: tuple[Source, bool], rebuild: bool) -> Decoded:
     official = _is_official(source.kind, meta)
     warning = None
     if not official:
-        what = "its MD5 differs from the published one" if source.kind == "archive" else \
-            "its files' MD5s differ from the published ones"
-        warning = (f"CIFAR-10 at {source.path} is not the official release ({what}); "
-                   f"its structure is valid ({meta['num_train']:,} training and {meta['num_test']:,} test images, "
-                   f"labels 0-9), so it is used as is")
+        what = (
+            "its MD5 differs from the published one"
+            if source.kind == "archive"
+            else "its files' MD5s differ from the published ones"
+        )
+        warning = (
+            f"CIFAR-10 at {source.path} is not the official release ({what}); "
+            f"its structure is valid ({meta['num_train']:,} training and {meta['num_test']:,} test images, "
+            f"labels 0-9), so it is used as is"
+        )
     info = {
         "source": os.path.abspath(source.path),
         "source_kind": source.kind,
@@ -124,10 +138,19 @@ def _decode(found: tuple[Source, bool], rebuild: bool) -> Decoded:
         "cache_hit": hit,
     }
     return Decoded(
-        train_x=entry / "train_x.npy", train_y=entry / "train_y.npy", test_x=entry / "test_x.npy",
-        test_y=entry / "test_y.npy", n_train=int(meta["num_train"]), n_test=int(meta["num_test"]),
-        class_names=list(meta["class_names"]), info=info, warning=warning, entry=entry, cache_hit=hit,
-        save_prepared=scratch is None, cleanup=None if scratch is None else lambda: cache.discard(scratch),
+        train_x=entry / "train_x.npy",
+        train_y=entry / "train_y.npy",
+        test_x=entry / "test_x.npy",
+        test_y=entry / "test_y.npy",
+        n_train=int(meta["num_train"]),
+        n_test=int(meta["num_test"]),
+        class_names=list(meta["class_names"]),
+        info=info,
+        warning=warning,
+        entry=entry,
+        cache_hit=hit,
+        save_prepared=scratch is None,
+        cleanup=None if scratch is None else lambda: cache.discard(scratch),
     )
 
 
@@ -181,9 +204,11 @@ def _download(root: Path, progress: bool) -> Source:
     try:
         download_file(url, dest, OFFICIAL_MD5, progress=progress, description=ARCHIVE_NAME)
     except DownloadError as exc:
-        raise DataError(f"CIFAR-10 not found in {os.path.abspath(root)} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}) "
-                        f"and {exc}; put {ARCHIVE_NAME} there, or pass --data-dir (or set MLPLAB_DATA) "
-                        f"to a folder that holds it") from None
+        raise DataError(
+            f"CIFAR-10 not found in {os.path.abspath(root)} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}) "
+            f"and {exc}; put {ARCHIVE_NAME} there, or pass --data-dir (or set MLPLAB_DATA) "
+            f"to a folder that holds it"
+        ) from None
     return Source("archive", dest, _stamp(dest))
 
 
@@ -198,8 +223,10 @@ def _cache_entry(source: Source, rebuild: bool = False):
         building = cache.new_entry(folder)
     except OSError as exc:
         scratch = Path(tempfile.mkdtemp(prefix="mlplab-cifar10-"))
-        warn(f"cannot write the cache folder {cache.cache_root()} ({exc.strerror or exc}); decoding CIFAR-10 "
-             f"without a cache, so every load is slow: set MLPLAB_CACHE to a writable folder")
+        warn(
+            f"cannot write the cache folder {cache.cache_root()} ({exc.strerror or exc}); decoding CIFAR-10 "
+            f"without a cache, so every load is slow: set MLPLAB_CACHE to a writable folder"
+        )
         key, meta = _decode_into(source, scratch)
         cache._write_json(scratch / cache.META, meta)
         return (scratch, meta), False, scratch
@@ -224,8 +251,12 @@ class _Decoder:
     def __init__(self, where: Path, entry: Path):
         self.where = where
         self.n_train = len(TRAIN_BATCHES) * IMAGES_PER_BATCH
-        self.train_file, self.train_offset = cache.open_npy_writer(entry / "train_x.npy", (self.n_train, FEATURES), np.uint8)
-        self.test_file, self.test_offset = cache.open_npy_writer(entry / "test_x.npy", (IMAGES_PER_BATCH, FEATURES), np.uint8)
+        self.train_file, self.train_offset = cache.open_npy_writer(
+            entry / "train_x.npy", (self.n_train, FEATURES), np.uint8
+        )
+        self.test_file, self.test_offset = cache.open_npy_writer(
+            entry / "test_x.npy", (IMAGES_PER_BATCH, FEATURES), np.uint8
+        )
         self.train_y = np.empty(self.n_train, np.int64)
         self.test_y = np.empty(IMAGES_PER_BATCH, np.int64)
         self.seen: set[str] = set()
@@ -244,7 +275,7 @@ class _Decoder:
         else:
             i = TRAIN_BATCHES.index(name)
             handle, offset = self.train_file, self.train_offset + i * IMAGES_PER_BATCH * FEATURES
-            out = self.train_y[i * IMAGES_PER_BATCH:(i + 1) * IMAGES_PER_BATCH]
+            out = self.train_y[i * IMAGES_PER_BATCH : (i + 1) * IMAGES_PER_BATCH]
         handle.seek(offset)
         handle.write(data.data.cast("B"))
         out[...] = labels
@@ -253,8 +284,10 @@ class _Decoder:
     def finish(self, entry: Path) -> None:
         missing = [name for name in (*TRAIN_BATCHES, TEST_BATCH) if name not in self.seen]
         if missing:
-            raise DataError(f"{self.where} lacks {', '.join(missing)}: not a complete CIFAR-10 python version "
-                            f"(an incomplete download or extraction?)")
+            raise DataError(
+                f"{self.where} lacks {', '.join(missing)}: not a complete CIFAR-10 python version "
+                f"(an incomplete download or extraction?)"
+            )
         self.close()
         np.save(entry / "train_y.npy", self.train_y)
         np.save(entry / "test_y.npy", self.test_y)
@@ -286,9 +319,15 @@ def _decode_into(source: Source, entry: Path) -> tuple[str, dict]:
     finally:
         decoder.close()
     meta = {
-        "format": CACHE_FORMAT, "dataset": "cifar10", "class_names": decoder.class_names,
-        "num_train": decoder.n_train, "num_test": IMAGES_PER_BATCH, "md5": md5, "size_bytes": size,
-        "source": os.path.abspath(source.path), "member_md5": decoder.member_md5,
+        "format": CACHE_FORMAT,
+        "dataset": "cifar10",
+        "class_names": decoder.class_names,
+        "num_train": decoder.n_train,
+        "num_test": IMAGES_PER_BATCH,
+        "md5": md5,
+        "size_bytes": size,
+        "source": os.path.abspath(source.path),
+        "member_md5": decoder.member_md5,
     }
     return key, meta
 
@@ -340,8 +379,9 @@ def _decode_archive(path: Path, decoder: _Decoder, wanted: set[str]) -> None:
                     if name not in wanted or not member.isfile():
                         continue
                     if member.size > MAX_MEMBER_BYTES:
-                        raise DataError(f"{path}: {member.name} is {member.size:,} bytes, "
-                                        f"too large for a CIFAR-10 batch")
+                        raise DataError(
+                            f"{path}: {member.name} is {member.size:,} bytes, too large for a CIFAR-10 batch"
+                        )
                     payload = tar.extractfile(member)
                     if payload is None:  # tarfile gives no reader for links and devices
                         raise DataError(f"{path}: {member.name} cannot be read")
@@ -360,8 +400,10 @@ def _read_folder(folder: Path, decoder: _Decoder) -> int:
         except FileNotFoundError:
             if name == META_NAME:
                 continue
-            raise DataError(f"{folder} lacks {name}: not a complete CIFAR-10 python version "
-                            f"(expected {', '.join(TRAIN_BATCHES)} and {TEST_BATCH})") from None
+            raise DataError(
+                f"{folder} lacks {name}: not a complete CIFAR-10 python version "
+                f"(expected {', '.join(TRAIN_BATCHES)} and {TEST_BATCH})"
+            ) from None
         except OSError as exc:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
         if len(payload) > MAX_MEMBER_BYTES:
@@ -408,6 +450,15 @@ def _class_names(payload: bytes) -> list[str] | None:
 
 
 CIFAR10 = DataSource(
-    name="cifar10", title="CIFAR-10", class_names=tuple(CLASS_NAMES), image_shape=IMAGE_SHAPE, pixel_max=255,
-    mean=MEAN, std=STD, default_validation_size=5000, validation_room=_validation_room, locate=_find, decode=_decode,
+    name="cifar10",
+    title="CIFAR-10",
+    class_names=tuple(CLASS_NAMES),
+    image_shape=IMAGE_SHAPE,
+    pixel_max=255,
+    mean=MEAN,
+    std=STD,
+    default_validation_size=5000,
+    validation_room=_validation_room,
+    locate=_find,
+    decode=_decode,
 )

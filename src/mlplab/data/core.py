@@ -182,8 +182,9 @@ def _chunks(read_rows: ReadRows, indices: np.ndarray):
         start = stop
 
 
-def assemble(read_rows: ReadRows, n: int, split_indices: list[np.ndarray], channels: int, pixel_max: int,
-             mean, std) -> list[np.ndarray]:
+def assemble(
+    read_rows: ReadRows, n: int, split_indices: list[np.ndarray], channels: int, pixel_max: int, mean, std
+) -> list[np.ndarray]:
     """One float32 (len(indices), D) array per split, filled chunk by chunk from uint8 rows.
 
     Each index array must be sorted; the rows keep their source order. ``mean``/``std`` None means
@@ -210,7 +211,7 @@ def assemble(read_rows: ReadRows, n: int, split_indices: list[np.ndarray], chann
                 out = outputs[s] = np.empty((len(indices), width), np.float32)
             part = rows if len(selected) == stop - start else rows[selected - start]
             k = len(part)
-            dest = out[filled:filled + k].reshape(k, channels, -1)
+            dest = out[filled : filled + k].reshape(k, channels, -1)
             np.multiply(part.reshape(k, channels, -1), scale, out=dest)
             dest += shift
             filled += k

@@ -48,16 +48,26 @@ def read_bundled() -> tuple[np.ndarray, np.ndarray]:
             pixels, labels = archive["pixels"], archive["labels"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-        raise DataError(f"the digits data shipped with mlplab ({source}) is missing or damaged ({reason}); "
-                        "reinstall mlplab") from None
+        raise DataError(
+            f"the digits data shipped with mlplab ({source}) is missing or damaged ({reason}); reinstall mlplab"
+        ) from None
     if pixels.shape != (TOTAL, 64) or labels.shape != (TOTAL,) or pixels.dtype != np.uint8 or labels.dtype != np.uint8:
-        raise DataError(f"the digits data shipped with mlplab ({source}) has unexpected arrays "
-                        f"(pixels {pixels.dtype}{pixels.shape}, labels {labels.dtype}{labels.shape}); reinstall mlplab")
+        raise DataError(
+            f"the digits data shipped with mlplab ({source}) has unexpected arrays "
+            f"(pixels {pixels.dtype}{pixels.shape}, labels {labels.dtype}{labels.shape}); reinstall mlplab"
+        )
     return pixels, labels
 
 
-def load_digits(data_dir=None, validation_size: int | None = None, split_seed: int = 42, download: bool = True,
-                normalize: bool = True, normalization: str | None = "published", progress: bool = True) -> DatasetSplits:
+def load_digits(
+    data_dir=None,
+    validation_size: int | None = None,
+    split_seed: int = 42,
+    download: bool = True,
+    normalize: bool = True,
+    normalization: str | None = "published",
+    progress: bool = True,
+) -> DatasetSplits:
     """The digits as train / validation / test splits: x float32 (N, 64), y int64 (N,).
 
     ``data_dir``, ``download`` and ``progress`` are accepted for a uniform interface and unused:
@@ -70,7 +80,9 @@ def _decode(located, rebuild: bool) -> Decoded:
     del located, rebuild  # shipped with mlplab: nothing to find, nothing cached
     pixels, labels = read_bundled()
     return Decoded(
-        train_x=pixels, train_y=labels.astype(np.int64), n_train=len(labels),
+        train_x=pixels,
+        train_y=labels.astype(np.int64),
+        n_train=len(labels),
         info={"source": "mlplab/data/digits.npz (UCI optdigits test set, as sklearn.datasets.load_digits)"},
         info_tail={"test_seed": TEST_SEED},
     )
@@ -86,8 +98,16 @@ def _split(labels: np.ndarray, validation_size: int, split_seed: int):
 
 
 DIGITS = DataSource(
-    name="digits", title="digits", class_names=tuple(CLASS_NAMES), image_shape=IMAGE_SHAPE, pixel_max=16,
-    mean=MEAN, std=STD, default_validation_size=DEFAULT_VALIDATION_SIZE,
+    name="digits",
+    title="digits",
+    class_names=tuple(CLASS_NAMES),
+    image_shape=IMAGE_SHAPE,
+    pixel_max=16,
+    mean=MEAN,
+    std=STD,
+    default_validation_size=DEFAULT_VALIDATION_SIZE,
     validation_room=lambda: (TOTAL - TEST_SIZE, f"digits keeps {TEST_SIZE} of its {TOTAL:,} images for testing"),
-    locate=lambda root, download, progress: None, decode=_decode, split=_split,
+    locate=lambda root, download, progress: None,
+    decode=_decode,
+    split=_split,
 )

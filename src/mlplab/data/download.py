@@ -32,8 +32,9 @@ def md5_of(path, block: int = BLOCK) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, progress: bool = True,
-                  description: str | None = None) -> Path:
+def download_file(
+    url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, progress: bool = True, description: str | None = None
+) -> Path:
     """Fetch ``url`` to ``dest`` and return ``dest``.
 
     ``md5``: the expected checksum (None skips the check). ``timeout`` bounds the connection and
@@ -63,8 +64,9 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as exc:
-        raise DownloadError(f"cannot write to {str(dest.parent)!r} to download {dest.name}: "
-                            f"{exc.strerror or exc}") from None
+        raise DownloadError(
+            f"cannot write to {str(dest.parent)!r} to download {dest.name}: {exc.strerror or exc}"
+        ) from None
     tmp = Path(tmp_name)
     kept = False
     try:
@@ -76,8 +78,15 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                    with bar_class(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                   desc=description or dest.name, disable=not progress, leave=True) as bar:
+                    with bar_class(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=description or dest.name,
+                        disable=not progress,
+                        leave=True,
+                    ) as bar:
                         while chunk := response.read(BLOCK):
                             out.write(chunk)
                             digest.update(chunk)
@@ -91,14 +100,19 @@ def download_file(url: str, dest, md5: str | None, *, timeout: float = TIMEOUT, 
                     reason = f"no answer within {timeout:g} s"
                 raise DownloadError(f"downloading {url} failed: {reason}") from None
             except OSError as exc:
-                raise DownloadError(f"downloading {url} to {str(dest.parent)!r} failed: {exc.strerror or exc}") from None
+                raise DownloadError(
+                    f"downloading {url} to {str(dest.parent)!r} failed: {exc.strerror or exc}"
+                ) from None
         if total is not None and received != total:
-            raise DownloadError(f"downloading {url} stopped after {received:,} of {total:,} bytes; "
-                                f"deleted the partial file, try again")
+            raise DownloadError(
+                f"downloading {url} stopped after {received:,} of {total:,} bytes; deleted the partial file, try again"
+            )
         got = digest.hexdigest()
         if md5 is not None and got != md5.lower():
-            raise DownloadError(f"downloaded {url} but its MD5 is {got}, expected {md5}: the file is corrupted "
-                                f"or not the expected release; deleted it")
+            raise DownloadError(
+                f"downloaded {url} but its MD5 is {got}, expected {md5}: the file is corrupted "
+                f"or not the expected release; deleted it"
+            )
         os.replace(tmp, dest)
         kept = True
         return dest

@@ -61,8 +61,18 @@ FLAVOURS: dict[str, dict[str, Any]] = {
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
-        "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                        "Bag", "Ankle boot"],
+        "class_names": [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
         "mean": (0.2860,),
         "std": (0.3530,),
         "folders": ("fashion-mnist", "FashionMNIST/raw"),
@@ -71,9 +81,17 @@ FLAVOURS: dict[str, dict[str, Any]] = {
 MAX_TRAIN = 60_000
 
 
-def load_mnist(data_dir=None, validation_size: int = 5000, split_seed: int = 42, download: bool = True,
-               normalize: bool = True, normalization: str | None = "published", progress: bool = True,
-               *, flavour: str = "mnist") -> DatasetSplits:
+def load_mnist(
+    data_dir=None,
+    validation_size: int = 5000,
+    split_seed: int = 42,
+    download: bool = True,
+    normalize: bool = True,
+    normalization: str | None = "published",
+    progress: bool = True,
+    *,
+    flavour: str = "mnist",
+) -> DatasetSplits:
     """MNIST (or ``flavour='fashion-mnist'``) as splits: x float32 (N, 784), y int64 (N,)."""
     return load(SOURCES[flavour], data_dir, validation_size, split_seed, download, normalize, normalization, progress)
 
@@ -91,9 +109,11 @@ def _find(flavour: str, root: Path, download: bool, progress: bool):
         return folder, paths, spec, False
     where = ", ".join(str(root / f) for f in spec["folders"])
     if not download:
-        raise DataError(f"{spec['title']} not found in {where} or {root} (looked for {', '.join(FILES.values())}); "
-                        f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds them, "
-                        f"or allow downloading them (download=True)")
+        raise DataError(
+            f"{spec['title']} not found in {where} or {root} (looked for {', '.join(FILES.values())}); "
+            f"pass --data-dir (or set MLPLAB_DATA) to the folder that holds them, "
+            f"or allow downloading them (download=True)"
+        )
     folder, paths = _download(root, spec, progress, where)
     return folder, paths, spec, True
 
@@ -108,18 +128,32 @@ def _decode(found, rebuild: bool) -> Decoded:
     test_y = _read_labels(paths["test_labels"], len(test_x))
     checksums = {name: md5_of(path) for name, path in paths.items()}
     official = all(checksums[key] == spec["md5"][FILES[key]] for key in FILES)
-    warning = None if official else (
-        f"{spec['title']} in {folder} is not the official release (file MD5s differ from the published ones); "
-        f"its structure is valid ({len(train_x):,} training and {len(test_x):,} test images, labels 0-9), "
-        f"so it is used as is")
+    warning = (
+        None
+        if official
+        else (
+            f"{spec['title']} in {folder} is not the official release (file MD5s differ from the published ones); "
+            f"its structure is valid ({len(train_x):,} training and {len(test_x):,} test images, labels 0-9), "
+            f"so it is used as is"
+        )
+    )
     info = {
         "source": os.path.abspath(folder),
         "md5": {FILES[key]: value for key, value in checksums.items()},
         "official_checksum": official,
         "downloaded": downloaded,
     }
-    return Decoded(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, n_train=len(train_x),
-                   n_test=len(test_x), info=info, warning=warning, where=f" in {folder}")
+    return Decoded(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        n_train=len(train_x),
+        n_test=len(test_x),
+        info=info,
+        warning=warning,
+        where=f" in {folder}",
+    )
 
 
 def _source(flavour: str) -> DataSource:
@@ -129,9 +163,17 @@ def _source(flavour: str) -> DataSource:
         return MAX_TRAIN, f"{spec['title']} has {MAX_TRAIN:,} training images and at least one must stay for training"
 
     return DataSource(
-        name=flavour, title=spec["title"], class_names=tuple(spec["class_names"]), image_shape=IMAGE_SHAPE,
-        pixel_max=255, mean=spec["mean"], std=spec["std"], default_validation_size=5000, validation_room=room,
-        locate=functools.partial(_find, flavour), decode=_decode,
+        name=flavour,
+        title=spec["title"],
+        class_names=tuple(spec["class_names"]),
+        image_shape=IMAGE_SHAPE,
+        pixel_max=255,
+        mean=spec["mean"],
+        std=spec["std"],
+        default_validation_size=5000,
+        validation_room=room,
+        locate=functools.partial(_find, flavour),
+        decode=_decode,
     )
 
 
@@ -170,14 +212,17 @@ def _download(root: Path, spec: dict, progress: bool, where: str):
         failures = []
         for base in mirrors:
             try:
-                paths[key] = download_file(base.rstrip("/") + "/" + name, dest, spec["md5"][name], progress=progress,
-                                           description=name)
+                paths[key] = download_file(
+                    base.rstrip("/") + "/" + name, dest, spec["md5"][name], progress=progress, description=name
+                )
                 break
             except DownloadError as exc:
                 failures.append(str(exc))
         else:
-            raise DataError(f"{spec['title']} not found in {where} or {root} and {'; '.join(failures)}; put the four "
-                            f"IDX .gz files in {folder}, or pass --data-dir (or set MLPLAB_DATA) to a folder holding them")
+            raise DataError(
+                f"{spec['title']} not found in {where} or {root} and {'; '.join(failures)}; put the four "
+                f"IDX .gz files in {folder}, or pass --data-dir (or set MLPLAB_DATA) to a folder holding them"
+            )
     return folder, paths
 
 
@@ -188,7 +233,9 @@ def _read_bytes(path: Path) -> bytes:
                 return handle.read()
         return path.read_bytes()
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path} is truncated or corrupted ({exc or 'it ends early'}); delete it and download it again") from None
+        raise DataError(
+            f"{path} is truncated or corrupted ({exc or 'it ends early'}); delete it and download it again"
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -199,13 +246,16 @@ def _header(payload: bytes, path: Path, magic: int, dims: int) -> tuple[int, ...
         raise DataError(f"{path} is not an IDX file (only {len(payload)} bytes)")
     values = np.frombuffer(payload, ">u4", count=1 + dims)
     if int(values[0]) != magic:
-        raise DataError(f"{path} is not an IDX file of {'images' if dims == 3 else 'labels'} "
-                        f"(magic number {int(values[0]):#010x}, expected {magic:#010x})")
+        raise DataError(
+            f"{path} is not an IDX file of {'images' if dims == 3 else 'labels'} "
+            f"(magic number {int(values[0]):#010x}, expected {magic:#010x})"
+        )
     shape = tuple(int(v) for v in values[1:])
     expected = need + int(np.prod(shape))
     if len(payload) != expected:
-        raise DataError(f"{path} holds {len(payload):,} bytes but its header {shape} needs {expected:,} "
-                        f"(truncated or corrupted)")
+        raise DataError(
+            f"{path} holds {len(payload):,} bytes but its header {shape} needs {expected:,} (truncated or corrupted)"
+        )
     return shape
 
 

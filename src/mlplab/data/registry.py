@@ -11,9 +11,7 @@ from mlplab.errors import ConfigError
 
 #: name -> data set, in the order the CLI lists them: THE list of data sets (config validation,
 #: ``get_dataset`` and the error for an unknown name read it). A DataSource is called like a loader.
-DATASETS: dict[str, DataSource] = {
-    source.name: source for source in (CIFAR10, DIGITS, MNIST, FASHION_MNIST)
-}
+DATASETS: dict[str, DataSource] = {source.name: source for source in (CIFAR10, DIGITS, MNIST, FASHION_MNIST)}
 ALIASES = {"cifar-10": "cifar10", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 #: the options every loader accepts (None: the data set's default)
 OPTIONS = ("validation_size", "split_seed", "download", "normalize", "normalization", "progress")

@@ -104,9 +104,16 @@ class DataSource:
         return load(self, data_dir, **options)
 
 
-def load(source: DataSource, data_dir=None, validation_size: int | None = None, split_seed: int = 42,
-         download: bool = True, normalize: bool = True, normalization: str | None = "published",
-         progress: bool = True) -> DatasetSplits:
+def load(
+    source: DataSource,
+    data_dir=None,
+    validation_size: int | None = None,
+    split_seed: int = 42,
+    download: bool = True,
+    normalize: bool = True,
+    normalization: str | None = "published",
+    progress: bool = True,
+) -> DatasetSplits:
     """``source`` as train / validation / test splits: x float32 (N, D), y int64 (N,).
 
     Validation is chosen by ``split_seed`` (``source.split``); ``normalization``: 'published'
@@ -133,8 +140,10 @@ def load(source: DataSource, data_dir=None, validation_size: int | None = None, 
             if decoded.entry is None:
                 raise
             if not decoded.cache_hit or attempt:  # a fresh entry that cannot be read back: not a stale cache
-                raise DataError(f"cannot read the {source.title} cache at {decoded.entry}: {exc}; "
-                                f"delete it or set MLPLAB_CACHE to another folder") from None
+                raise DataError(
+                    f"cannot read the {source.title} cache at {decoded.entry}: {exc}; "
+                    f"delete it or set MLPLAB_CACHE to another folder"
+                ) from None
             cache.discard(decoded.entry)  # a damaged cache entry: decode the source again
         finally:
             if decoded.cleanup is not None:
@@ -146,20 +155,26 @@ def load(source: DataSource, data_dir=None, validation_size: int | None = None, 
     info = {"dataset": source.name, **decoded.info}
     if decoded.entry is not None:
         info["prepared_cache_hit"] = prepared
-    info.update({
-        "normalization": mode or "none",
-        "mean": [float(v) for v in mean] if mean is not None else None,
-        "std": [float(v) for v in std] if std is not None else None,
-        "validation_size": validation_size,
-        "split_seed": split_seed,
-        **decoded.info_tail,
-        "load_seconds": round(time.perf_counter() - started, 3),
-    })
+    info.update(
+        {
+            "normalization": mode or "none",
+            "mean": [float(v) for v in mean] if mean is not None else None,
+            "std": [float(v) for v in std] if std is not None else None,
+            "validation_size": validation_size,
+            "split_seed": split_seed,
+            **decoded.info_tail,
+            "load_seconds": round(time.perf_counter() - started, 3),
+        }
+    )
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits
     return DatasetSplits(
-        train=Dataset(train_x, train_y), validation=Dataset(val_x, val_y), test=Dataset(test_x, test_y),
-        class_names=list(decoded.class_names or source.class_names), name=source.name,
-        image_shape=source.image_shape, info=info,
+        train=Dataset(train_x, train_y),
+        validation=Dataset(val_x, val_y),
+        test=Dataset(test_x, test_y),
+        class_names=list(decoded.class_names or source.class_names),
+        name=source.name,
+        image_shape=source.image_shape,
+        info=info,
     )
 
 
@@ -186,8 +201,9 @@ def _convert(source: DataSource, decoded: Decoded, validation_size: int, split_s
     """((train, validation, test) as (x, y) pairs, (mean, std), whether x came from the prepared cache)."""
     n_train = decoded.n_train
     if validation_size >= n_train:
-        raise ConfigError(f"validation_size must be below the {n_train:,} training images{decoded.where}, "
-                          f"got {validation_size}")
+        raise ConfigError(
+            f"validation_size must be below the {n_train:,} training images{decoded.where}, got {validation_size}"
+        )
     labels = _labels(decoded.train_y, n_train)
     train_idx, val_idx, test_idx = source.split(labels, validation_size, split_seed)
     separate_test = test_idx is None
@@ -221,8 +237,13 @@ def _convert(source: DataSource, decoded: Decoded, validation_size: int, split_s
         with _reader(decoded.test_x, (len(test_y), width), "test_x") as rows:
             xs += assemble(rows, len(test_y), [np.arange(len(test_y))], channels, source.pixel_max, mean, std)
     if decoded.entry is not None and decoded.save_prepared:
-        cache.save_prepared(decoded.entry, variant, dict(zip(("train_x", "val_x", "test_x"), xs, strict=True)), {
-            "mean": None if mean is None else [float(v) for v in mean],
-            "std": None if std is None else [float(v) for v in std],
-        })
+        cache.save_prepared(
+            decoded.entry,
+            variant,
+            dict(zip(("train_x", "val_x", "test_x"), xs, strict=True)),
+            {
+                "mean": None if mean is None else [float(v) for v in mean],
+                "std": None if std is None else [float(v) for v in std],
+            },
+        )
     return tuple(zip(xs, ys, strict=True)), (mean, std), False

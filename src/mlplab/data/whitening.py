@@ -59,12 +59,17 @@ def apply_zca(x: np.ndarray, mean: np.ndarray, w: np.ndarray) -> None:
 
 def _zca_key(data: DatasetSplits, epsilon: float) -> str:
     info = data.info or {}
-    parts = {k: info.get(k) for k in ("md5", "size_bytes", "source", "normalization", "mean", "std", "validation_size", "split_seed")}
+    parts = {
+        k: info.get(k)
+        for k in ("md5", "size_bytes", "source", "normalization", "mean", "std", "validation_size", "split_seed")
+    }
     parts.update(name=data.name, epsilon=epsilon, train=len(data.train), features=data.num_features)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def whiten(data: DatasetSplits, method: str = "none", *, zca_epsilon: float = 0.1, use_cache: bool = True) -> DatasetSplits:
+def whiten(
+    data: DatasetSplits, method: str = "none", *, zca_epsilon: float = 0.1, use_cache: bool = True
+) -> DatasetSplits:
     """Whiten every split of ``data`` in place with statistics of its training split; returns ``data``."""
     if method not in WHITENINGS:
         raise ConfigError(f"--whitening: unknown method {method!r} (choose from {', '.join(WHITENINGS)})")
@@ -103,6 +108,11 @@ def whiten(data: DatasetSplits, method: str = "none", *, zca_epsilon: float = 0.
     assert mean is not None and w is not None  # read from the cache or fitted just above
     for split in splits:
         apply_zca(split.x, mean, w)
-    data.info = {**(data.info or {}), "whitening": "zca", "zca_epsilon": zca_epsilon, "zca_cached": cached,
-                 "whitening_seconds": round(time.perf_counter() - started, 3)}
+    data.info = {
+        **(data.info or {}),
+        "whitening": "zca",
+        "zca_epsilon": zca_epsilon,
+        "zca_cached": cached,
+        "whitening_seconds": round(time.perf_counter() - started, 3),
+    }
     return data

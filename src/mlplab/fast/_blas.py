@@ -33,22 +33,32 @@ def _load():
     if os.environ.get("MLPLAB_NO_BLAS_AXPY"):
         return None
     root = os.path.dirname(os.path.dirname(np.__file__))
-    patterns = [os.path.join(root, "numpy.libs", "libscipy_openblas64_*"),  # Linux wheels
-                os.path.join(os.path.dirname(np.__file__), ".dylibs", "libscipy_openblas64_*")]  # macOS wheels
+    patterns = [
+        os.path.join(root, "numpy.libs", "libscipy_openblas64_*"),  # Linux wheels
+        os.path.join(os.path.dirname(np.__file__), ".dylibs", "libscipy_openblas64_*"),
+    ]  # macOS wheels
     for pattern in patterns:
         for path in glob.glob(pattern):
             try:
                 library = ctypes.CDLL(path)
                 functions = []
-                for name, ctype in (("scipy_cblas_saxpy64_", ctypes.c_float), ("scipy_cblas_daxpy64_", ctypes.c_double)):
+                for name, ctype in (
+                    ("scipy_cblas_saxpy64_", ctypes.c_float),
+                    ("scipy_cblas_daxpy64_", ctypes.c_double),
+                ):
                     function = getattr(library, name)
                     function.argtypes = [_I64, ctype, _POINTER, _I64, _POINTER, _I64]
                     function.restype = None
                     functions.append(function)
-                for name, ctype in (("scipy_cblas_sgemm64_", ctypes.c_float), ("scipy_cblas_dgemm64_", ctypes.c_double)):
+                for name, ctype in (
+                    ("scipy_cblas_sgemm64_", ctypes.c_float),
+                    ("scipy_cblas_dgemm64_", ctypes.c_double),
+                ):
                     function = getattr(library, name)
                     # order, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-                    function.argtypes = [ctypes.c_int] * 3 + [_I64] * 3 + [ctype, _POINTER, _I64, _POINTER, _I64, ctype, _POINTER, _I64]
+                    function.argtypes = (
+                        [ctypes.c_int] * 3 + [_I64] * 3 + [ctype, _POINTER, _I64, _POINTER, _I64, ctype, _POINTER, _I64]
+                    )
                     function.restype = None
                     functions.append(function)
             except (OSError, AttributeError):
@@ -69,7 +79,9 @@ def _self_check(saxpy, daxpy, sgemm, dgemm) -> bool:
         a = np.arange(6, dtype=dtype).reshape(3, 2)  # small integers: every result is exact
         b = np.arange(12, dtype=dtype).reshape(3, 4) - 5
         c = np.ones((2, 4), dtype=dtype)
-        function(_ROW_MAJOR, _TRANS, _NO_TRANS, 2, 4, 3, -2.0, a.ctypes.data, 2, b.ctypes.data, 4, 1.0, c.ctypes.data, 4)
+        function(
+            _ROW_MAJOR, _TRANS, _NO_TRANS, 2, 4, 3, -2.0, a.ctypes.data, 2, b.ctypes.data, 4, 1.0, c.ctypes.data, 4
+        )
         if not np.array_equal(c, 1.0 - 2.0 * (a.T @ b)):
             return False
     return True
@@ -82,8 +94,15 @@ AVAILABLE = _FUNCTIONS is not None
 
 def _blas_function(x: np.ndarray, y: np.ndarray):
     """The BLAS axpy that can update ``y`` from ``x`` in place, or None (NumPy's two passes then)."""
-    if (_FUNCTIONS is not None and x.dtype == y.dtype and x.shape == y.shape and y.dtype in (np.float32, np.float64)
-            and x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
+    if (
+        _FUNCTIONS is not None
+        and x.dtype == y.dtype
+        and x.shape == y.shape
+        and y.dtype in (np.float32, np.float64)
+        and x.flags.c_contiguous
+        and y.flags.c_contiguous
+        and y.flags.writeable
+    ):
         return _FUNCTIONS[0] if y.dtype == np.float32 else _FUNCTIONS[1]
     return None
 
@@ -110,9 +129,16 @@ def gemm_tn_update(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) ->
     With c a weight matrix, a the output gradient and b the layer input, this is the plain-SGD
     step W ← W − lr·dYᵀX with alpha = −lr: the gradient is never written out, which saves a
     pass over a matrix the size of W and the separate update (see mlplab.fast.step)."""
-    if (_FUNCTIONS is None or not (a.dtype == b.dtype == c.dtype) or c.dtype not in (np.float32, np.float64)
-            or a.ndim != 2 or b.ndim != 2 or c.shape != (a.shape[1], b.shape[1]) or a.shape[0] != b.shape[0]
-            or not (a.flags.c_contiguous and b.flags.c_contiguous and c.flags.c_contiguous and c.flags.writeable)):
+    if (
+        _FUNCTIONS is None
+        or not (a.dtype == b.dtype == c.dtype)
+        or c.dtype not in (np.float32, np.float64)
+        or a.ndim != 2
+        or b.ndim != 2
+        or c.shape != (a.shape[1], b.shape[1])
+        or a.shape[0] != b.shape[0]
+        or not (a.flags.c_contiguous and b.flags.c_contiguous and c.flags.c_contiguous and c.flags.writeable)
+    ):
         return False
     if c.size == 0:  # nothing to update (and BLAS would reject a zero leading dimension)
         return True

@@ -35,8 +35,11 @@ class FusedStep:
     def __init__(self, model: MLP | Sequential, loss: SoftmaxCrossEntropy, optimizer: Optimizer):
         self.model, self.optimizer = model, optimizer
         self.loss = FastSoftmaxCrossEntropy(loss)
-        weights = {id(module.params["weight"]): module for _, module in model.named_modules()
-                   if isinstance(module, Linear) and module.params["weight"].size >= FUSE_MIN_WEIGHT}
+        weights = {
+            id(module.params["weight"]): module
+            for _, module in model.named_modules()
+            if isinstance(module, Linear) and module.params["weight"].size >= FUSE_MIN_WEIGHT
+        }
         fused = [(index, weights[id(p)]) for index, (p, _) in enumerate(optimizer.pairs) if id(p) in weights]
         #: the Linear layers whose weight update is folded into their backward pass
         self.fused_layers = [layer for _, layer in fused]

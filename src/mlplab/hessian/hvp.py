@@ -65,8 +65,12 @@ def float64_model(model):
     """A float64 copy of a NumPy :class:`~mlplab.models.MLP` (same config, same weights, same mode)."""
     config = model.config()
     copy = MLP(config.pop("n_inputs"), config.pop("n_hidden"), config.pop("n_classes"), dtype=np.float64, **config)
-    copy.load_state_dict({key: np.asarray(value, dtype=np.float64) if np.issubdtype(np.asarray(value).dtype, np.floating)
-                          else value for key, value in model.state_dict().items()})
+    copy.load_state_dict(
+        {
+            key: np.asarray(value, dtype=np.float64) if np.issubdtype(np.asarray(value).dtype, np.floating) else value
+            for key, value in model.state_dict().items()
+        }
+    )
     return copy.train(model.training)
 
 
@@ -105,7 +109,9 @@ class ModelHessian:
 
     def __init__(self, model: Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000, method: str = "auto"):
         if method not in ("auto", "r-operator", "finite-difference"):
-            raise ValueError(f"ModelHessian: method must be 'auto', 'r-operator' or 'finite-difference', got {method!r}")
+            raise ValueError(
+                f"ModelHessian: method must be 'auto', 'r-operator' or 'finite-difference', got {method!r}"
+            )
         x = np.asarray(x)
         y = np.asarray(y, dtype=np.int64)
         if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:

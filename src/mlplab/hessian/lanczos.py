@@ -45,9 +45,18 @@ def _orthogonalise(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
     return h + h2
 
 
-def lanczos_extremes(matvec: MatVec, dim: int, *, top: int = 10, bottom: int = 10, tol: float = LANCZOS_TOLERANCE,
-                     max_products: int = 1000, basis_size: int | None = None, seed=0,
-                     progress: Callable[[int, np.ndarray], None] | None = None) -> LanczosResult:
+def lanczos_extremes(
+    matvec: MatVec,
+    dim: int,
+    *,
+    top: int = 10,
+    bottom: int = 10,
+    tol: float = LANCZOS_TOLERANCE,
+    max_products: int = 1000,
+    basis_size: int | None = None,
+    seed=0,
+    progress: Callable[[int, np.ndarray], None] | None = None,
+) -> LanczosResult:
     """The ``top`` largest and ``bottom`` smallest eigenvalues of the symmetric operator ``matvec``.
 
     Thick-restart Lanczos with full reorthogonalisation: a Krylov basis of ``basis_size`` vectors
@@ -115,10 +124,14 @@ def lanczos_extremes(matvec: MatVec, dim: int, *, top: int = 10, bottom: int = 1
         extra = keep_total - top - bottom
         shares = (top, bottom) if top and bottom else ((1, 0) if top else (0, 1))
         extra_top = extra * shares[0] // sum(shares)
-        keep = np.unique(np.concatenate([
-            np.arange(size - 1, size - 1 - (top + extra_top), -1),
-            np.arange(bottom + extra - extra_top),
-        ]))
+        keep = np.unique(
+            np.concatenate(
+                [
+                    np.arange(size - 1, size - 1 - (top + extra_top), -1),
+                    np.arange(bottom + extra - extra_top),
+                ]
+            )
+        )
         keep = keep[(keep >= 0) & (keep < size)]
         ell = len(keep)
         coupling = beta * vectors[size - 1, keep]
@@ -131,8 +144,15 @@ def lanczos_extremes(matvec: MatVec, dim: int, *, top: int = 10, bottom: int = 1
         size = ell
         restarts += 1
     return LanczosResult(
-        top=theta[top_index].copy(), bottom=theta[bottom_index].copy(),
-        top_residuals=residuals[top_index].copy(), bottom_residuals=residuals[bottom_index].copy(),
-        converged=converged, products=products, restarts=restarts, basis_size=m, tolerance=tol,
-        exhausted=exhausted, ritz_values=theta.copy(),
+        top=theta[top_index].copy(),
+        bottom=theta[bottom_index].copy(),
+        top_residuals=residuals[top_index].copy(),
+        bottom_residuals=residuals[bottom_index].copy(),
+        converged=converged,
+        products=products,
+        restarts=restarts,
+        basis_size=m,
+        tolerance=tol,
+        exhausted=exhausted,
+        ritz_values=theta.copy(),
     )

@@ -31,11 +31,20 @@ def classify(eigenvalues, rel_tol: float = VERDICT_TOLERANCE) -> dict:
         reason = f"smallest eigenvalue {smallest:.4g} < -{threshold:.3g} (= -{rel_tol:g} x max|eigenvalue| {scale:.4g})"
     elif smallest >= -threshold:
         verdict = "minimum"
-        reason = (f"smallest eigenvalue {smallest:.4g} >= -{threshold:.3g} (= -{rel_tol:g} x max|eigenvalue| {scale:.4g}): "
-                  "no computed direction of clearly negative curvature")
+        reason = (
+            f"smallest eigenvalue {smallest:.4g} >= -{threshold:.3g} (= -{rel_tol:g} x max|eigenvalue| {scale:.4g}): "
+            "no computed direction of clearly negative curvature"
+        )
     else:
         verdict = "maximum"
         reason = f"largest eigenvalue {largest:.4g} < -{threshold:.3g}: every computed eigenvalue is clearly negative"
-    return {"verdict": verdict, "smallest": smallest, "largest": largest, "max_abs": scale,
-            "relative_tolerance": rel_tol, "threshold": -threshold, "negative_count": int(np.sum(values < -threshold)),
-            "reason": reason}
+    return {
+        "verdict": verdict,
+        "smallest": smallest,
+        "largest": largest,
+        "max_abs": scale,
+        "relative_tolerance": rel_tol,
+        "threshold": -threshold,
+        "negative_count": int(np.sum(values < -threshold)),
+        "reason": reason,
+    }

@@ -202,8 +202,9 @@ class Module:
         """R{y} from R{x} (None stands for zero, as for the data)."""
         raise NotImplementedError(f"{type(self).__name__} has no R-operator rule")
 
-    def r_backward(self, rdout: np.ndarray, tape: dict, r: RDirection,
-                   need_input_grad: bool = True) -> np.ndarray | None:
+    def r_backward(
+        self, rdout: np.ndarray, tape: dict, r: RDirection, need_input_grad: bool = True
+    ) -> np.ndarray | None:
         """R{dx} from R{dout}; adds R{dθ} of each parameter into ``r.hv[id(self)]``."""
         raise NotImplementedError(f"{type(self).__name__} has no R-operator rule")
 
@@ -236,8 +237,10 @@ def is_array(x: Any) -> bool:
 def check_array(module: Module, x: Any, what: str = "input") -> None:
     """Raise a ValueError naming ``module`` unless ``x`` is an array (see :func:`is_array`)."""
     if not is_array(x):
-        raise ValueError(f"{type(module).__name__}: {what} must be a NumPy array (or another array-API "
-                         f"library's), got {type(x).__name__}")
+        raise ValueError(
+            f"{type(module).__name__}: {what} must be a NumPy array (or another array-API "
+            f"library's), got {type(x).__name__}"
+        )
 
 
 def into(target: Any, function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -30,7 +30,9 @@ def _targets(module: Module, labels, scores) -> tuple[np.ndarray | None, np.ndar
     labels = np.asarray(labels) if is_numpy(xp) else asarray(labels, xp, device=device_of(scores))
     if labels.ndim == 1:
         if labels.shape[0] != batch:
-            raise ValueError(f"{name}: {labels.shape[0]} labels for a batch of {batch} (scores of shape ({batch}, {num_classes}))")
+            raise ValueError(
+                f"{name}: {labels.shape[0]} labels for a batch of {batch} (scores of shape ({batch}, {num_classes}))"
+            )
         if not xp.isdtype(labels.dtype, ("signed integer", "unsigned integer")):  # accept only whole numbers
             if batch and bool(xp.any(labels != xp.round(labels))):
                 raise ValueError(f"{name}: class labels must be integers, got dtype {labels.dtype}")
@@ -43,7 +45,9 @@ def _targets(module: Module, labels, scores) -> tuple[np.ndarray | None, np.ndar
         return labels, None
     if labels.ndim == 2:
         if tuple(labels.shape) != (batch, num_classes):
-            raise ValueError(f"{name}: one-hot labels have shape {tuple(labels.shape)}, expected ({batch}, {num_classes})")
+            raise ValueError(
+                f"{name}: one-hot labels have shape {tuple(labels.shape)}, expected ({batch}, {num_classes})"
+            )
         return None, xp.astype(labels, dtype, copy=False)
     raise ValueError(f"{name}: labels must have shape ({batch},) or ({batch}, {num_classes}), got {labels.shape}")
 
@@ -101,7 +105,11 @@ class SoftmaxCrossEntropy(Module):
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
+        if (
+            isinstance(label_smoothing, bool)
+            or not isinstance(label_smoothing, numbers.Real)
+            or not 0 <= label_smoothing <= 1
+        ):
             raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
 

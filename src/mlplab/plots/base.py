@@ -77,8 +77,17 @@ def save_figure(fig, path) -> Path:
     return path
 
 
-def finish(fig, path, *, left: float = 0.8, right: float = 0.2, bottom: float = 0.6, top: float = 0.4,
-           gap: float = 0.0, suptitle: bool = False):
+def finish(
+    fig,
+    path,
+    *,
+    left: float = 0.8,
+    right: float = 0.2,
+    bottom: float = 0.6,
+    top: float = 0.4,
+    gap: float = 0.0,
+    suptitle: bool = False,
+):
     """Place the subplots with margins in inches (``gap`` between columns), then save when given
     a ``path``; returns ``fig``.
 
@@ -91,8 +100,13 @@ def finish(fig, path, *, left: float = 0.8, right: float = 0.2, bottom: float = 
     specs = [ax.get_subplotspec() for ax in fig.axes]
     columns = max((spec.get_topmost_subplotspec().get_gridspec().ncols for spec in specs if spec), default=1)
     axis_width = (width - left - right - (columns - 1) * gap) / columns
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=gap / axis_width if columns > 1 else None)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=gap / axis_width if columns > 1 else None,
+    )
     if path is not None:
         save_figure(fig, path)
     return fig
@@ -100,5 +114,8 @@ def finish(fig, path, *, left: float = 0.8, right: float = 0.2, bottom: float = 
 
 def column(values) -> np.ndarray:
     """A float64 array, with None (an empty CSV cell) as NaN."""
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64) if not isinstance(values, np.ndarray) \
+    return (
+        np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        if not isinstance(values, np.ndarray)
         else values.astype(np.float64)
+    )

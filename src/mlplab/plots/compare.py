@@ -68,7 +68,9 @@ def plot_runs(runs, path=None, *, window: int | None = None, title: str | None =
         loss_ax.plot(data["epochs"], data["losses"], color=color, alpha=0.2, linewidth=0.5, label=f"{label} (per step)")
         loss_ax.plot(data["epochs"], smooth(data["losses"], window), color=color, linewidth=1.5, label=label)
         if np.any(np.isfinite(data["val_accuracy"])):
-            acc_ax.plot(data["epoch"], data["val_accuracy"], "o-", color=color, markersize=3, linewidth=1.4, label=label)
+            acc_ax.plot(
+                data["epoch"], data["val_accuracy"], "o-", color=color, markersize=3, linewidth=1.4, label=label
+            )
     loss_ax.set_ylabel("training loss (cross-entropy)")
     loss_ax.set_title("Training loss per step")
     acc_ax.set_ylabel("validation accuracy")

@@ -15,8 +15,9 @@ GRADIENTS_INPUT_SIZE = (15.0, 4.0)  # with the input-gradient panel
 GRADIENT_FLOW_SIZE = (8.0, 4.5)
 
 
-def plot_gradients(steps, layers, weight_grad_norms, update_ratios, path=None, *, input_grad_norms=None,
-                   title: str | None = None):
+def plot_gradients(
+    steps, layers, weight_grad_norms, update_ratios, path=None, *, input_grad_norms=None, title: str | None = None
+):
     """Per-layer gradient norms (left), input-gradient norms (middle, only when
     ``input_grad_norms`` is given) and update/weight ratios (right) against the step, on log
     scales; one line per layer (labelled with the layer's name). The arrays are the columns of
@@ -35,8 +36,11 @@ def plot_gradients(steps, layers, weight_grad_norms, update_ratios, path=None, *
     panels.append((ratio_ax, ratios, "update / weight norm"))
     _, first = np.unique(layers, return_index=True)
     order = layers[np.sort(first)]  # in the order the layers first appear
-    colors = [f"C{i}" for i in range(len(order))] if len(order) <= 10 else \
-        [colormap("viridis")(i / (len(order) - 1)) for i in range(len(order))]
+    colors = (
+        [f"C{i}" for i in range(len(order))]
+        if len(order) <= 10
+        else [colormap("viridis")(i / (len(order) - 1)) for i in range(len(order))]
+    )
     for layer, color in zip(order, colors):
         mask = layers == layer
         for ax, values, _ in panels:
@@ -55,7 +59,6 @@ def plot_gradients(steps, layers, weight_grad_norms, update_ratios, path=None, *
     if title:
         fig.suptitle(title)
     return finish(fig, path, left=0.9, gap=0.9, suptitle=bool(title))
-
 
 
 def plot_gradient_flow(result: dict, path=None):
@@ -77,8 +80,10 @@ def plot_gradient_flow(result: dict, path=None):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"Linear layer ({layers.max()} = output, 1 = first): the backward pass runs left to right")
     ax.set_ylabel("‖dL/d(layer input)‖")
-    ax.set_title(f"Gradient at each layer at initialisation: {result['depth']} × {result['width']} "
-                 f"{result['activation']}, {result['dataset']}, batch {result['batch_size']}")
+    ax.set_title(
+        f"Gradient at each layer at initialisation: {result['depth']} × {result['width']} "
+        f"{result['activation']}, {result['dataset']}, batch {result['batch_size']}"
+    )
     ax.grid(True, which="both", alpha=0.3)
     if ax.lines:
         ax.legend()

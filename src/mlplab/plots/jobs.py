@@ -28,7 +28,9 @@ class FigureJobs:
     def workers(self) -> int:
         if not self.parallel or len(self.jobs) < 2 or "fork" not in multiprocessing.get_all_start_methods():
             return 1
-        return min(len(self.jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return min(
+            len(self.jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
 
     def draw(self) -> None:
         workers = self.workers()

@@ -51,8 +51,15 @@ def plot_confusion(cm, class_names: Sequence[str] | None = None, path=None, *, t
             threshold = 0.5 * (vmax if vmax is not None else max(values.max(), 1))
             fontsize = 8 if n <= 10 else 6
             for (i, j), value in np.ndenumerate(values):
-                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=fontsize,
-                        color="white" if value > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    format(value, fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if value > threshold else "black",
+                )
     axes[0].set_title("Confusion matrix (counts)")
     axes[1].set_title("Confusion matrix (fraction of each true class)")
     if title:
@@ -63,8 +70,16 @@ def plot_confusion(cm, class_names: Sequence[str] | None = None, path=None, *, t
     return finish(fig, path, left=left, right=0.15, bottom=bottom, top=0.35, gap=left + 0.1, suptitle=bool(title))
 
 
-def plot_per_class(precision, recall, f_beta, class_names: Sequence[str] | None = None, path=None, *,
-                   beta: float = 1.0, title: str | None = None):
+def plot_per_class(
+    precision,
+    recall,
+    f_beta,
+    class_names: Sequence[str] | None = None,
+    path=None,
+    *,
+    beta: float = 1.0,
+    title: str | None = None,
+):
     """Per-class precision, recall and F-beta as grouped bars (three bar containers, labelled
     ``'precision'``, ``'recall'`` and ``'F<beta>'``, in that order)."""
     precision, recall, f_beta = (np.asarray(v, dtype=np.float64) for v in (precision, recall, f_beta))
@@ -74,7 +89,11 @@ def plot_per_class(precision, recall, f_beta, class_names: Sequence[str] | None 
     width = 0.27
     fig = new_figure(PER_CLASS_SIZE)
     ax = fig.add_subplot()
-    for offset, values, label in ((-width, precision, "precision"), (0.0, recall, "recall"), (width, f_beta, f"F{beta:g}")):
+    for offset, values, label in (
+        (-width, precision, "precision"),
+        (0.0, recall, "recall"),
+        (width, f_beta, f"F{beta:g}"),
+    ):
         ax.bar(positions + offset, values, width, label=label)
     rotate = max((len(name) for name in names), default=0) > 3
     ax.set_xticks(positions, names, rotation=30 if rotate else 0, ha="right" if rotate else "center")
@@ -85,4 +104,3 @@ def plot_per_class(precision, recall, f_beta, class_names: Sequence[str] | None 
     ax.legend(loc="upper center", ncols=3)
     bottom = 0.35 + (0.5 * text_inches(names, 10) if rotate else 0.0)
     return finish(fig, path, left=0.7, bottom=bottom)
-

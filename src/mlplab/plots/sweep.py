@@ -81,13 +81,20 @@ def plot_sweep(rows: list[dict], panels: list[dict], path=None, *, best: dict | 
         if best is not None:
             value = best[panel["flag"]]
             bx = float(value) if numeric else _position(value, panel)
-            ax.scatter([bx], [best["val_accuracy"]], s=160, marker="*", color="tab:red", zorder=3,
-                       label=f"best (trial {best['trial']})")
+            ax.scatter(
+                [bx],
+                [best["val_accuracy"]],
+                s=160,
+                marker="*",
+                color="tab:red",
+                zorder=3,
+                label=f"best (trial {best['trial']})",
+            )
         ax.set_xlabel(panel["flag"])
         if failed:
             ax.set_title(f"{failed} failed trial{'s' * (failed != 1)} not shown", fontsize=9)
         ax.grid(True, alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for row_start in range(0, len(panels), columns):
         axes[row_start].set_ylabel("validation accuracy")
@@ -96,8 +103,9 @@ def plot_sweep(rows: list[dict], panels: list[dict], path=None, *, best: dict | 
     if title:
         fig.suptitle(title)
     top = 0.45 + (0.35 if title else 0.0)
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.7 / height, top=1 - top / height,
-                        wspace=0.35, hspace=0.6)
+    fig.subplots_adjust(
+        left=0.75 / width, right=1 - 0.2 / width, bottom=0.7 / height, top=1 - top / height, wspace=0.35, hspace=0.6
+    )
     if path is not None:
         save_figure(fig, path)
     return fig

@@ -81,7 +81,7 @@ def loss_axis_limits(losses) -> tuple[float, float] | None:
     finite = losses[np.isfinite(losses)]
     if finite.size < 2:
         return None
-    later = losses[int(losses.size * LOSS_STEPS_SETTLED):]
+    later = losses[int(losses.size * LOSS_STEPS_SETTLED) :]
     later = later[np.isfinite(later)]
     if later.size < 2:
         later = finite
@@ -116,8 +116,16 @@ def plot_loss_steps(steps, losses, epochs=None, path=None, *, window: int | None
     if epochs is not None:
         ends = epoch_ends(steps, epochs)
         if ends.size:
-            ax.vlines(ends, 0, 1, transform=ax.get_xaxis_transform(), colors="0.6", linestyles="dashed",
-                      linewidth=0.8, label="epoch end")
+            ax.vlines(
+                ends,
+                0,
+                1,
+                transform=ax.get_xaxis_transform(),
+                colors="0.6",
+                linestyles="dashed",
+                linewidth=0.8,
+                label="epoch end",
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (cross-entropy)")
     ax.set_title(title or "Training loss per step")
@@ -129,9 +137,17 @@ def plot_loss_steps(steps, losses, epochs=None, path=None, *, window: int | None
         above = np.isfinite(losses) & (losses > limits[1])
         if above.any():
             count, highest = int(above.sum()), float(losses[above].max())
-            ax.plot(steps[above], np.full(count, limits[1]), linestyle="none", marker="^", markersize=4, color="C3",
-                    clip_on=False, gid="above the axis",
-                    label=f"{count} step{'s' if count > 1 else ''} above the axis (up to {highest:.3g})")
+            ax.plot(
+                steps[above],
+                np.full(count, limits[1]),
+                linestyle="none",
+                marker="^",
+                markersize=4,
+                color="C3",
+                clip_on=False,
+                gid="above the axis",
+                label=f"{count} step{'s' if count > 1 else ''} above the axis (up to {highest:.3g})",
+            )
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
     return finish(fig, path)
@@ -178,4 +194,3 @@ def plot_curves(history, path=None, *, best_epoch: int | None = None, title: str
     if title:
         fig.suptitle(title)
     return finish(fig, path, gap=0.8, suptitle=bool(title))
-

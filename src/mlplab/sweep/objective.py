@@ -26,9 +26,19 @@ from mlplab.sweep.space import Dimension, _format_value
 
 #: short names of options in trial folder names
 FOLDER_ABBREVIATIONS = {
-    "hidden_dims": "h", "batch_size": "bs", "weight_decay": "wd", "dropout": "drop", "momentum": "mom",
-    "label_smoothing": "ls", "use_batch_norm": "bn", "warmup_epochs": "warm", "epochs": "ep",
-    "activation": "", "optimizer": "", "schedule": "", "dataset": "",
+    "hidden_dims": "h",
+    "batch_size": "bs",
+    "weight_decay": "wd",
+    "dropout": "drop",
+    "momentum": "mom",
+    "label_smoothing": "ls",
+    "use_batch_norm": "bn",
+    "warmup_epochs": "warm",
+    "epochs": "ep",
+    "activation": "",
+    "optimizer": "",
+    "schedule": "",
+    "dataset": "",
 }
 
 
@@ -118,7 +128,9 @@ class Objective:
         """Whether ``trial`` was failed while this worker still ran it: its heartbeat lapsed (a
         paused or overloaded worker) and another worker queued its slot again."""
         states = _states()
-        return any(t.number == trial.number and t.state != states.RUNNING for t in self.study.get_trials(deepcopy=False))
+        return any(
+            t.number == trial.number and t.state != states.RUNNING for t in self.study.get_trials(deepcopy=False)
+        )
 
     def __call__(self, trial):
         optuna = _optuna()
@@ -141,13 +153,18 @@ class Objective:
         started = time.perf_counter()
         try:
             options = {d.name: d.train_value(params[d.name]) for d in self.dimensions}
-            config = self.base.updated(options).updated(
-                {"out": str(run_dir), "quiet": True, "report": self.spec["report"], "overwrite": True}).validated()
+            config = (
+                self.base.updated(options)
+                .updated({"out": str(run_dir), "quiet": True, "report": self.spec["report"], "overwrite": True})
+                .validated()
+            )
             tracking = {}
             if self.base.mlflow or self.base.tensorboard:
                 from mlplab.training.tracking import SWEEP_PARENT_ATTR, sweep_trial
 
-                config, listeners = sweep_trial(self.base, config, run_dir, self.study.user_attrs.get(SWEEP_PARENT_ATTR))
+                config, listeners = sweep_trial(
+                    self.base, config, run_dir, self.study.user_attrs.get(SWEEP_PARENT_ATTR)
+                )
                 tracking = {"listeners": listeners} if listeners else {}
             data = self.data_for(config)
             if self._train is not None:
@@ -159,7 +176,9 @@ class Objective:
                 # The trial this one reruns left a checkpoint: continue it rather than start again.
                 self.echo(f"trial {trial.number}: {described}: continuing the stopped run in {stopped_dir}")
                 try:
-                    result = train(resume=str(stopped_dir), data=data, quiet=True, report=self.spec["report"], **tracking)
+                    result = train(
+                        resume=str(stopped_dir), data=data, quiet=True, report=self.spec["report"], **tracking
+                    )
                 except CheckpointError as exc:
                     run_dir = self.out / "trials" / trial_folder_name(trial.number, params, self.dimensions)
                     trial.set_user_attr("run_dir", str(run_dir))
@@ -168,8 +187,10 @@ class Objective:
                         # Its worker is alive (paused or overloaded, so it missed its heartbeats) and
                         # still writes there: never a second writer; this rerun trains in its own folder.
                         holder = (exc.holder or {}).get("pid", "?")
-                        self.echo(f"trial {trial.number}: the stopped run in {stopped_dir} is still being written by "
-                                  f"process {holder}; starting again in {run_dir}")
+                        self.echo(
+                            f"trial {trial.number}: the stopped run in {stopped_dir} is still being written by "
+                            f"process {holder}; starting again in {run_dir}"
+                        )
                     else:
                         self.echo(f"trial {trial.number}: cannot continue ({exc}); starting again in {run_dir}")
             if result is None:
@@ -178,7 +199,9 @@ class Objective:
             _requeue(self.study, trial, self.spec)
             raise TrainingInterrupted(
                 f"sweep stopped during trial {trial.number}, which is queued again; finished trials are kept. "
-                "Rerun the same command to continue", exc.exit_code) from None
+                "Rerun the same command to continue",
+                exc.exit_code,
+            ) from None
         except KeyboardInterrupt:
             _requeue(self.study, trial, self.spec)
             raise
@@ -186,8 +209,11 @@ class Objective:
             # This machine's problem (data, disk, a missing package), not the configuration's:
             # the trial goes back to the queue and the worker stops.
             _requeue(self.study, trial, self.spec)
-            raise type(exc)(f"trial {trial.number} ({described}): {exc}") if isinstance(exc, MlplabError) \
-                else MlplabError(f"trial {trial.number} ({described}): {exc}") from None
+            raise (
+                type(exc)(f"trial {trial.number} ({described}): {exc}")
+                if isinstance(exc, MlplabError)
+                else MlplabError(f"trial {trial.number} ({described}): {exc}")
+            ) from None
         except Exception as exc:  # noqa: BLE001 - a bad configuration must not stop the sweep
             seconds = time.perf_counter() - started
             kind = "diverged" if isinstance(exc, DivergedError) else type(exc).__name__
@@ -202,13 +228,17 @@ class Objective:
             # Optuna refuses a result for a failed trial; the rerun of its slot (in its own
             # folder, see docs/sweeps.md) is the one that counts. This run's folder stays complete.
             self.trained += 1
-            self.echo(f"trial {trial.number}: {described} finished in {run_dir}, but it had been given up after its "
-                      "heartbeat lapsed and its slot queued again; that rerun's result counts, not this one")
+            self.echo(
+                f"trial {trial.number}: {described} finished in {run_dir}, but it had been given up after its "
+                "heartbeat lapsed and its slot queued again; that rerun's result counts, not this one"
+            )
             raise _TrialGivenUp(f"trial {trial.number} was given up while it ran")
         trial.set_user_attr("test_accuracy", result.test_accuracy)  # recorded, never used to choose
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", seconds)
         self.trained += 1
-        self.echo(f"trial {trial.number}: {described} -> validation {result.best_val_accuracy:.4f} "
-                  f"(test {result.test_accuracy:.4f}), {seconds:.1f} s")
+        self.echo(
+            f"trial {trial.number}: {described} -> validation {result.best_val_accuracy:.4f} "
+            f"(test {result.test_accuracy:.4f}), {seconds:.1f} s"
+        )
         return result.best_val_accuracy

@@ -51,15 +51,17 @@ def collect_rows(study, spec: dict, out: Path) -> list[dict]:
         row = {"trial": trial.number}
         for dimension in dimensions:
             row[dimension.flag] = trial.params.get(dimension.name)
-        row.update({
-            "val_accuracy": trial.value if trial.state == _states().COMPLETE else None,
-            "test_accuracy": attrs.get("test_accuracy"),
-            "best_epoch": attrs.get("best_epoch"),
-            "seconds": attrs.get("seconds"),
-            "run_dir": run_dir,
-            "state": trial.state.name,
-            "error": attrs.get("error", ""),
-        })
+        row.update(
+            {
+                "val_accuracy": trial.value if trial.state == _states().COMPLETE else None,
+                "test_accuracy": attrs.get("test_accuracy"),
+                "best_epoch": attrs.get("best_epoch"),
+                "seconds": attrs.get("seconds"),
+                "run_dir": run_dir,
+                "state": trial.state.name,
+                "error": attrs.get("error", ""),
+            }
+        )
         rows.append(row)
     rows.sort(key=lambda r: (r["val_accuracy"] is None, -(r["val_accuracy"] or 0.0), r["trial"]))
     return rows
@@ -87,7 +89,9 @@ def write_results(study, spec: dict, out: Path, *, storage_url: str, jobs: int |
         writer.writeheader()
         swept = {d.flag for d in dimensions}
         for row in rows:
-            writer.writerow({k: ("" if v is None else _format_value(v, exact=True) if k in swept else v) for k, v in row.items()})
+            writer.writerow(
+                {k: ("" if v is None else _format_value(v, exact=True) if k in swept else v) for k, v in row.items()}
+            )
 
     atomic_write(out / "results.csv", write_csv, mode="w")
     states = _states()
@@ -95,7 +99,9 @@ def write_results(study, spec: dict, out: Path, *, storage_url: str, jobs: int |
     counts = {
         "planned": spec["trials"],
         "complete": sum(1 for t in trials if "slot" in t.user_attrs and t.state == states.COMPLETE),
-        "failed": sum(1 for t in trials if "slot" in t.user_attrs and t.state == states.FAIL and "error" in t.user_attrs),
+        "failed": sum(
+            1 for t in trials if "slot" in t.user_attrs and t.state == states.FAIL and "error" in t.user_attrs
+        ),
         "queued": sum(1 for t in trials if t.state == states.WAITING),
         "running": sum(1 for t in trials if t.state == states.RUNNING),
         "retried": sum(1 for t in trials if "retry_of" in t.user_attrs),
@@ -110,28 +116,54 @@ def write_results(study, spec: dict, out: Path, *, storage_url: str, jobs: int |
         "seed": spec["seed"],
         "trials": counts,
         "selection": "highest best-epoch validation accuracy; test accuracy is reported, never used to choose",
-        "best": None if best is None else {
-            "trial": best["trial"], "params": {d.flag: best[d.flag] for d in dimensions},
-            "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"], "best_epoch": best["best_epoch"],
+        "best": None
+        if best is None
+        else {
+            "trial": best["trial"],
+            "params": {d.flag: best[d.flag] for d in dimensions},
+            "val_accuracy": best["val_accuracy"],
+            "test_accuracy": best["test_accuracy"],
+            "best_epoch": best["best_epoch"],
             "run_dir": best["run_dir"],
         },
         "jobs": jobs,
         "blas_threads_per_worker": worker_threads(jobs) if jobs and jobs > 1 else None,
-        "files": ["results.csv", "sweep.png", "sweep.json", "trials/", "study.db" if storage_url == default_storage(out) else None],
+        "files": [
+            "results.csv",
+            "sweep.png",
+            "sweep.json",
+            "trials/",
+            "study.db" if storage_url == default_storage(out) else None,
+        ],
     }
     summary["files"] = [f for f in summary["files"] if f]
     write_json_atomic(out / "sweep.json", summary)
     files = [out / "results.csv", out / "sweep.json"]
-    plot_sweep(rows, sweep_panels(dimensions), out / "sweep.png", best=best, title=f"Sweep {study.study_name}: validation accuracy")
+    plot_sweep(
+        rows,
+        sweep_panels(dimensions),
+        out / "sweep.png",
+        best=best,
+        title=f"Sweep {study.study_name}: validation accuracy",
+    )
     files.append(out / "sweep.png")
-    return SweepResult(out=out, study_name=study.study_name, storage=storage_url, rows=rows, best=best, summary=summary, files=files)
+    return SweepResult(
+        out=out, study_name=study.study_name, storage=storage_url, rows=rows, best=best, summary=summary, files=files
+    )
 
 
 def sweep_panels(dimensions: list[Dimension]) -> list[dict]:
     """The swept options as the plain panel descriptions :func:`mlplab.plots.plot_sweep` draws."""
     return [
-        {"name": d.name, "flag": d.flag, "kind": d.kind, "values": tuple(d.values),
-         "labels": tuple(_format_value(v) for v in d.values), "low": d.low, "high": d.high}
+        {
+            "name": d.name,
+            "flag": d.flag,
+            "kind": d.kind,
+            "values": tuple(d.values),
+            "labels": tuple(_format_value(v) for v in d.values),
+            "low": d.low,
+            "high": d.high,
+        }
         for d in dimensions
     ]
 
@@ -140,14 +172,23 @@ def format_results(result: SweepResult, spec: dict, limit: int = 20) -> str:
     """The results table (best first, at most ``limit`` rows) and the best configuration."""
     dimensions = [Dimension.from_json(d) for d in spec["dimensions"]]
     header = ["trial", *(d.flag for d in dimensions), "val acc", "test acc", "epoch", "seconds", "state"]
+
     def number(value, spec: str) -> str:
         return "" if value is None else format(value, spec)
 
     lines = []
     for row in result.rows[:limit]:
-        lines.append([str(row["trial"]), *(_format_value(row[d.flag]) for d in dimensions), number(row["val_accuracy"], ".4f"),
-                      number(row["test_accuracy"], ".4f"), "" if row["best_epoch"] is None else str(row["best_epoch"]),
-                      number(row["seconds"], ".1f"), row["state"]])
+        lines.append(
+            [
+                str(row["trial"]),
+                *(_format_value(row[d.flag]) for d in dimensions),
+                number(row["val_accuracy"], ".4f"),
+                number(row["test_accuracy"], ".4f"),
+                "" if row["best_epoch"] is None else str(row["best_epoch"]),
+                number(row["seconds"], ".1f"),
+                row["state"],
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     text = [""]
     if lines:
@@ -163,8 +204,10 @@ def format_results(result: SweepResult, spec: dict, limit: int = 20) -> str:
         text.append("no trial has finished yet")
     else:
         values = ", ".join(f"{d.flag}={_format_value(best[d.flag])}" for d in dimensions)
-        text.append(f"\nbest (by validation accuracy): trial {best['trial']} ({values}): validation accuracy "
-                    f"{best['val_accuracy']:.4f}, test accuracy {best['test_accuracy']:.4f}")
+        text.append(
+            f"\nbest (by validation accuracy): trial {best['trial']} ({values}): validation accuracy "
+            f"{best['val_accuracy']:.4f}, test accuracy {best['test_accuracy']:.4f}"
+        )
         text.append(f"  run folder: {result.out / best['run_dir']}")
     text.append(f"written to {result.out}: results.csv, sweep.png, sweep.json")
     return "\n".join(text)

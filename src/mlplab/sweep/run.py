@@ -35,10 +35,25 @@ from mlplab.sweep.worker import (
 )
 
 
-def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int | None = None, options: dict | None = None,
-              preset: str | None = None, config_file=None, out=None, jobs: int = 1, storage: str | None = None,
-              study_name: str | None = None, seed: int = 0, report: bool = False, heartbeat: int = DEFAULT_HEARTBEAT,
-              quiet: bool = False, train=None) -> SweepResult:
+def run_sweep(
+    *,
+    grid=None,
+    params=None,
+    sampler: str | None = None,
+    trials: int | None = None,
+    options: dict | None = None,
+    preset: str | None = None,
+    config_file=None,
+    out=None,
+    jobs: int = 1,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    report: bool = False,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+    quiet: bool = False,
+    train=None,
+) -> SweepResult:
     """Create (or resume) a sweep, run it with ``jobs`` worker processes and write its results.
 
     ``grid={"lr": [0.01, 0.1], "hidden_dims": ["256", "512x256"]}`` runs every combination;
@@ -47,8 +62,18 @@ def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int
     creates the study (workers join with :func:`run_worker`) and writes what is finished.
     ``train``: replaces :func:`mlplab.train` in-process (``jobs=1``; for tests).
     """
-    spec = make_spec(grid=grid, params=params, sampler=sampler, trials=trials, base_options=options, preset=preset,
-                     config_file=config_file, seed=seed, report=report, heartbeat=heartbeat)
+    spec = make_spec(
+        grid=grid,
+        params=params,
+        sampler=sampler,
+        trials=trials,
+        base_options=options,
+        preset=preset,
+        config_file=config_file,
+        seed=seed,
+        report=report,
+        heartbeat=heartbeat,
+    )
     jobs = validation.integer(jobs, "--jobs", low=0)
     out = Path(out) if out is not None else default_out(spec)
     spec["out"] = str(out.resolve())
@@ -62,7 +87,9 @@ def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int
     with _storage_errors(url):
         study_storage = open_storage(url)
         with _optuna_quietly():
-            study = optuna.create_study(study_name=name, storage=study_storage, direction="maximize", load_if_exists=True)
+            study = optuna.create_study(
+                study_name=name, storage=study_storage, direction="maximize", load_if_exists=True
+            )
         spec = _adopt_spec(study, spec, out, url)
         queued = plan(study, spec)
     if any(spec["base"].get(name) for name in TRACKING_OPTIONS[:2]):
@@ -74,15 +101,21 @@ def run_sweep(*, grid=None, params=None, sampler: str | None = None, trials: int
     finished = sum(1 for t in trials_now if "slot" in t.user_attrs and _done(t))
     pending = [t for t in trials_now if t.state in (states.WAITING, states.RUNNING)]
     what = {"grid": "grid", "random": "random search", "tpe": "TPE search"}[spec["search"]]
-    say(f"sweep {name!r} ({what} over {', '.join(_flag(d['name']) for d in spec['dimensions'])}, {spec['trials']} trials) "
-        f"in {out}: {finished} finished, {len(pending)} to run" + (f" ({queued} newly queued)" if queued and finished else ""))
+    say(
+        f"sweep {name!r} ({what} over {', '.join(_flag(d['name']) for d in spec['dimensions'])}, {spec['trials']} trials) "
+        f"in {out}: {finished} finished, {len(pending)} to run"
+        + (f" ({queued} newly queued)" if queued and finished else "")
+    )
     workers = min(jobs, len(pending))
     trained = 0
     stopped = None
     if workers:
         threads = worker_threads(workers)
-        say(f"running with {workers} worker{'s' * (workers != 1)}" + (f" ({threads} BLAS thread{'s' * (threads != 1)} each)" if workers > 1 else "")
-            + f"; more workers can join with: {join_command(url, name, out)}")
+        say(
+            f"running with {workers} worker{'s' * (workers != 1)}"
+            + (f" ({threads} BLAS thread{'s' * (threads != 1)} each)" if workers > 1 else "")
+            + f"; more workers can join with: {join_command(url, name, out)}"
+        )
         try:
             if workers == 1:
                 trained = run_worker(url, name, out=out, quiet=quiet, train=train)
@@ -122,8 +155,10 @@ def _adopt_spec(study, spec: dict, out: Path, url: str) -> dict:
     if stored is None:
         trials_dir = out / "trials"
         if study.get_trials(deepcopy=False) or (trials_dir.is_dir() and any(trials_dir.iterdir())):
-            raise ConfigError(f"{str(out)!r} or the study {study.study_name!r} already holds trials of another sweep; "
-                              "choose another --out or --study-name")
+            raise ConfigError(
+                f"{str(out)!r} or the study {study.study_name!r} already holds trials of another sweep; "
+                "choose another --out or --study-name"
+            )
     else:
         read_spec(study)
         old, new = _spec_identity(stored), _spec_identity(spec)
@@ -132,7 +167,9 @@ def _adopt_spec(study, spec: dict, out: Path, url: str) -> dict:
             if "base" in differs:
                 differs.remove("base")
                 differs += [f"--{_flag(k)}" for k in sorted(new["base"]) if old["base"].get(k) != new["base"].get(k)]
-            raise ConfigError(f"the sweep in {redact(url)} (study {study.study_name!r}) was started with different options "
-                              f"({', '.join(differs)}); rerun it with the same ones, or choose another --out or --study-name")
+            raise ConfigError(
+                f"the sweep in {redact(url)} (study {study.study_name!r}) was started with different options "
+                f"({', '.join(differs)}); rerun it with the same ones, or choose another --out or --study-name"
+            )
     study.set_user_attr(SPEC_KEY, spec)
     return spec

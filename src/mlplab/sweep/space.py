@@ -78,7 +78,16 @@ def parse_value(name: str, value, where: str = "--grid"):
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+        words = {
+            "true": True,
+            "yes": True,
+            "on": True,
+            "1": True,
+            "false": False,
+            "no": False,
+            "off": False,
+            "0": False,
+        }
         if text is not None and text.lower() in words:
             return words[text.lower()]
         raise ConfigError(f"{flag}: expected true or false")
@@ -127,7 +136,9 @@ class Dimension:
         if self.categorical:
             return distributions.CategoricalDistribution(list(self.values))
         if _option_type(self.name) in ("int", "widths"):
-            return distributions.IntDistribution(int(self.low), int(self.high), log=self.kind == "log", step=int(self.step or 1))
+            return distributions.IntDistribution(
+                int(self.low), int(self.high), log=self.kind == "log", step=int(self.step or 1)
+            )
         return distributions.FloatDistribution(self.low, self.high, log=self.kind == "log", step=self.step)
 
     def suggest(self, trial):
@@ -135,7 +146,9 @@ class Dimension:
         if self.categorical:
             return trial.suggest_categorical(self.name, list(self.values))
         if _option_type(self.name) in ("int", "widths"):
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.kind == "log", step=int(self.step or 1))
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), log=self.kind == "log", step=int(self.step or 1)
+            )
         return trial.suggest_float(self.name, self.low, self.high, log=self.kind == "log", step=self.step)
 
     def train_value(self, value):
@@ -197,7 +210,9 @@ def param_dimension(name: str, spec, where: str = "--param") -> Dimension:
             raise ConfigError(f"{usage}: write choice:V1,V2,...")
         return Dimension(key, "choice", grid_dimension(key, rest, where).values)
     if kind not in ("log", "float", "int") or not sep:
-        raise ConfigError(f"{usage}: write log:LOW:HIGH, float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or choice:V1,V2,...")
+        raise ConfigError(
+            f"{usage}: write log:LOW:HIGH, float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or choice:V1,V2,..."
+        )
     option_type = _option_type(key)
     integer = option_type in ("int", "widths")
     if option_type not in ("int", "widths", "float"):
@@ -212,7 +227,9 @@ def param_dimension(name: str, spec, where: str = "--param") -> Dimension:
     try:
         numbers = [int(p) if integer else float(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"{usage}: LOW, HIGH{'' if kind == 'log' else ' and STEP'} must be {'integers' if integer else 'numbers'}") from None
+        raise ConfigError(
+            f"{usage}: LOW, HIGH{'' if kind == 'log' else ' and STEP'} must be {'integers' if integer else 'numbers'}"
+        ) from None
     if not all(math.isfinite(n) for n in numbers):
         raise ConfigError(f"{usage}: the bounds must be finite")
     low, high = numbers[0], numbers[1]

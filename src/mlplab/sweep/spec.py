@@ -99,9 +99,19 @@ def _random_draws(spec: dict, count: int) -> list[dict]:
         return [dict(study.ask(distributions).params) for _ in range(count)]
 
 
-def make_spec(*, grid=None, params=None, sampler: str | None = None, trials: int | None = None, base_options: dict | None = None,
-              preset: str | None = None, config_file=None, seed: int = 0, report: bool = False,
-              heartbeat: int = DEFAULT_HEARTBEAT) -> dict:
+def make_spec(
+    *,
+    grid=None,
+    params=None,
+    sampler: str | None = None,
+    trials: int | None = None,
+    base_options: dict | None = None,
+    preset: str | None = None,
+    config_file=None,
+    seed: int = 0,
+    report: bool = False,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+) -> dict:
     """Check a sweep's definition and return it as the dict stored in the study.
 
     ``grid``: ``{option: values}`` or ``--grid`` texts; ``params``: ``{option: spec}`` or
@@ -109,17 +119,25 @@ def make_spec(*, grid=None, params=None, sampler: str | None = None, trials: int
     ``preset``, ``config_file``: the training options every trial shares.
     """
     if bool(grid) == bool(params):
-        raise ConfigError("give the options to sweep: either --grid NAME=V1,V2 (a grid) or --param NAME=KIND:... "
-                          "(a random or TPE search), not both")
+        raise ConfigError(
+            "give the options to sweep: either --grid NAME=V1,V2 (a grid) or --param NAME=KIND:... "
+            "(a random or TPE search), not both"
+        )
     if grid:
-        dimensions = parse_grid(grid) if not isinstance(grid, dict) else _unique(
-            [grid_dimension(name, values) for name, values in grid.items()], "--grid")
+        dimensions = (
+            parse_grid(grid)
+            if not isinstance(grid, dict)
+            else _unique([grid_dimension(name, values) for name, values in grid.items()], "--grid")
+        )
         if sampler not in (None, "grid"):
             raise ConfigError("--sampler applies to --param searches; a --grid runs every point")
         search = "grid"
     else:
-        dimensions = parse_params(params) if not isinstance(params, dict) else _unique(
-            [param_dimension(name, spec) for name, spec in params.items()], "--param")
+        dimensions = (
+            parse_params(params)
+            if not isinstance(params, dict)
+            else _unique([param_dimension(name, spec) for name, spec in params.items()], "--param")
+        )
         search = sampler or "tpe"
         if search not in ("random", "tpe"):
             raise ConfigError(f"--sampler: unknown sampler {sampler!r} (choose from random, tpe)")
@@ -144,8 +162,15 @@ def make_spec(*, grid=None, params=None, sampler: str | None = None, trials: int
     _check_configurations(base, dimensions, search)
     _check_torch_installed(base, dimensions)
     return {
-        "version": SPEC_VERSION, "search": search, "dimensions": [d.to_json() for d in dimensions], "base": base_dict,
-        "trials": trials, "grid_size": grid_size, "seed": int(seed), "report": bool(report), "heartbeat": heartbeat,
+        "version": SPEC_VERSION,
+        "search": search,
+        "dimensions": [d.to_json() for d in dimensions],
+        "base": base_dict,
+        "trials": trials,
+        "grid_size": grid_size,
+        "seed": int(seed),
+        "report": bool(report),
+        "heartbeat": heartbeat,
     }
 
 
@@ -155,12 +180,15 @@ def _check_torch_installed(base: TrainConfig, dimensions: list[Dimension]) -> No
 
     swept = any(d.name == "backend" and "torch" in map(str, d.values) for d in dimensions)
     if (base.backend == "torch" or swept) and importlib.util.find_spec("torch") is None:
-        raise MissingDependencyError("--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)")
+        raise MissingDependencyError(
+            "--backend torch needs PyTorch: pip install 'mlplab[torch]' (or pip install torch)"
+        )
 
 
 def _check_configurations(base: TrainConfig, dimensions: list[Dimension], search: str) -> None:
     """Every grid point (or every bound and choice of a search) must be a valid configuration,
     so a typo fails now rather than as a failed trial later."""
+
     def check(values: dict, where: str) -> None:
         try:
             base.updated({d.name: d.train_value(values[d.name]) for d in dimensions if d.name in values}).validated()
@@ -172,7 +200,10 @@ def _check_configurations(base: TrainConfig, dimensions: list[Dimension], search
             for value in dimension.values:
                 check({dimension.name: value}, f"--grid {dimension.flag}={_format_value(value, exact=True)}")
         for point in grid_points(dimensions):
-            check(point, "--grid point " + " ".join(f"{_flag(k)}={_format_value(v, exact=True)}" for k, v in point.items()))
+            check(
+                point,
+                "--grid point " + " ".join(f"{_flag(k)}={_format_value(v, exact=True)}" for k, v in point.items()),
+            )
         return
     for dimension in dimensions:
         candidates = dimension.values if dimension.categorical else (dimension.low, dimension.high)
@@ -185,5 +216,7 @@ def read_spec(study) -> dict:
     if not isinstance(spec, dict):
         raise ConfigError(f"the study {study.study_name!r} was not created by mlplab sweep")
     if spec.get("version") != SPEC_VERSION:
-        raise ConfigError(f"the study {study.study_name!r} was written by another mlplab version (sweep format {spec.get('version')})")
+        raise ConfigError(
+            f"the study {study.study_name!r} was written by another mlplab version (sweep format {spec.get('version')})"
+        )
     return spec

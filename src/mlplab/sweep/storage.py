@@ -53,8 +53,13 @@ def _serialize_sqlite(engine) -> None:
 #: pip package of each (``mlplab[postgres]`` installs the first)
 POSTGRES_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
 #: the pip package that provides each database module a storage URL may need
-DRIVER_PACKAGES = {**POSTGRES_DRIVERS, "pg8000": "pg8000", "pymysql": "pymysql", "MySQLdb": "mysqlclient",
-                   "mysql": "mysql-connector-python"}
+DRIVER_PACKAGES = {
+    **POSTGRES_DRIVERS,
+    "pg8000": "pg8000",
+    "pymysql": "pymysql",
+    "MySQLdb": "mysqlclient",
+    "mysql": "mysql-connector-python",
+}
 POSTGRES_EXTRA = "pip install 'mlplab[postgres]'"
 
 
@@ -95,7 +100,11 @@ def open_storage(url: str, *, heartbeat: int | None = None):
         import inspect
 
         parameters = inspect.signature(optuna.storages.RDBStorage).parameters
-        callback = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+        callback = (
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in parameters
+            else "failed_trial_callback"
+        )
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat, callback: _requeue_stale_trial}
     with _storage_errors(url), _optuna_quietly():
         if sqlite:
@@ -123,8 +132,10 @@ def _storage_errors(url: str):
         if name == "psycopg":
             message = f"the database driver psycopg is not installed: {POSTGRES_EXTRA}"
         elif name == "psycopg2":
-            message = (f"the database driver psycopg2 is not installed: pip install psycopg2-binary "
-                       f"(or write the URL as postgresql://, which needs only {POSTGRES_EXTRA})")
+            message = (
+                f"the database driver psycopg2 is not installed: pip install psycopg2-binary "
+                f"(or write the URL as postgresql://, which needs only {POSTGRES_EXTRA})"
+            )
         elif name in DRIVER_PACKAGES:
             message = f"the database driver {name} is not installed: pip install {DRIVER_PACKAGES[name]}"
         elif isinstance(cause, ModuleNotFoundError) and name:
@@ -137,12 +148,16 @@ def _storage_errors(url: str):
         if module.startswith(("sqlalchemy", "optuna", "sqlite3", "psycopg", "pymysql", "MySQLdb")):
             message = _first_line(exc, url)
             if "Could not parse" in message or "ArgumentError" in type(exc).__name__:
-                raise ConfigError(f"--storage {url!r}: not a database URL (e.g. sqlite:///study.db, postgresql://user@host/db)") from None
+                raise ConfigError(
+                    f"--storage {url!r}: not a database URL (e.g. sqlite:///study.db, postgresql://user@host/db)"
+                ) from None
             if type(exc).__name__ == "NoSuchModuleError":  # postgresql+typo://
                 scheme = url.split("://")[0]
-                raise MissingDependencyError(f"--storage {redact(url)}: SQLAlchemy knows no database driver {scheme!r} "
-                                             "(for PostgreSQL write postgresql://, postgresql+psycopg:// or "
-                                             "postgresql+psycopg2://)") from None
+                raise MissingDependencyError(
+                    f"--storage {redact(url)}: SQLAlchemy knows no database driver {scheme!r} "
+                    "(for PostgreSQL write postgresql://, postgresql+psycopg:// or "
+                    "postgresql+psycopg2://)"
+                ) from None
             raise MlplabError(f"study storage {redact(url)}: {message}") from None
         raise
 
@@ -173,8 +188,10 @@ def _load_study(url: str, name: str, *, heartbeat: int | None = None, sampler=No
         try:
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         except KeyError:
-            raise ConfigError(f"no sweep named {name!r} in {redact(url)}; start it with `mlplab sweep --grid/--param ... "
-                              f"--storage URL --study-name {name}` first") from None
+            raise ConfigError(
+                f"no sweep named {name!r} in {redact(url)}; start it with `mlplab sweep --grid/--param ... "
+                f"--storage URL --study-name {name}` first"
+            ) from None
 
 
 def locate(storage: str | None, study_name: str | None, out) -> tuple[str, str]:

@@ -24,7 +24,13 @@ from mlplab.sweep.storage import STORAGE_VARIABLE, _load_study, _storage_errors,
 #: how often a worker with nothing queued looks again while other workers' trials run
 WAIT_POLL_SECONDS = 1.0
 #: environment variables that size the BLAS / OpenMP thread pools of a worker process
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def _sampler(spec: dict):
@@ -41,8 +47,17 @@ def _sampler(spec: dict):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def run_worker(storage: str | None = None, study_name: str | None = None, *, out=None, data_dir=None, jobs: int = 1,
-               max_trials: int | None = None, quiet: bool = False, train=None) -> int:
+def run_worker(
+    storage: str | None = None,
+    study_name: str | None = None,
+    *,
+    out=None,
+    data_dir=None,
+    jobs: int = 1,
+    max_trials: int | None = None,
+    quiet: bool = False,
+    train=None,
+) -> int:
     """Join a sweep and run its queued trials until none are queued or running; return how many
     trials this worker (with ``jobs`` > 1: its processes) trained. ``out``: where this machine
     writes trial run folders (default: the sweep's folder); ``max_trials``: stop after that many."""
@@ -60,7 +75,9 @@ def run_worker(storage: str | None = None, study_name: str | None = None, *, out
     try:
         (out / "trials").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CheckpointError(f"cannot write trial run folders in {str(out)!r} ({exc.strerror or exc}); pass --out DIR for this machine") from None
+        raise CheckpointError(
+            f"cannot write trial run folders in {str(out)!r} ({exc.strerror or exc}); pass --out DIR for this machine"
+        ) from None
     echo = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     objective = Objective(study, spec, out=out, data_dir=data_dir, echo=echo, train=train)
     base = objective.base.validated()
@@ -79,8 +96,10 @@ def run_worker(storage: str | None = None, study_name: str | None = None, *, out
                 if waiting_since is None:
                     waiting_since = time.monotonic()
                 elif waiting_since > 0 and time.monotonic() - waiting_since > spec["heartbeat"]:
-                    echo(f"waiting for {len(queued)} trial{'s' * (len(queued) != 1)} running in other workers "
-                         f"(one whose worker stopped is queued again {2 * spec['heartbeat']} s after its last heartbeat)")
+                    echo(
+                        f"waiting for {len(queued)} trial{'s' * (len(queued) != 1)} running in other workers "
+                        f"(one whose worker stopped is queued again {2 * spec['heartbeat']} s after its last heartbeat)"
+                    )
                     waiting_since = -1.0
                 time.sleep(WAIT_POLL_SECONDS)
                 continue
@@ -150,17 +169,23 @@ def run_processes(worker_argv: list[str], jobs: int, *, storage: str) -> list[in
                 process.wait()
     if received:
         code = 143 if received[-1] == signal.SIGTERM else 130
-        raise TrainingInterrupted("sweep interrupted: running trials are queued again and finished ones are kept; "
-                                  "rerun the same command to continue", code)
+        raise TrainingInterrupted(
+            "sweep interrupted: running trials are queued again and finished ones are kept; "
+            "rerun the same command to continue",
+            code,
+        )
     return [process.returncode for process in processes]
 
 
 def _raise_for_workers(codes: list[int]) -> None:
     interrupted = [c for c in codes if c in (130, 143)]
     if interrupted:
-        raise TrainingInterrupted("a worker was interrupted; its trial is queued again. Rerun the same command to continue",
-                                  interrupted[0])
+        raise TrainingInterrupted(
+            "a worker was interrupted; its trial is queued again. Rerun the same command to continue", interrupted[0]
+        )
     failed = [c for c in codes if c != 0]
     if failed:
-        raise MlplabError(f"{len(failed)} of {len(codes)} workers stopped with an error (see above); "
-                          "rerun the same command to continue")
+        raise MlplabError(
+            f"{len(failed)} of {len(codes)} workers stopped with an error (see above); "
+            "rerun the same command to continue"
+        )

@@ -72,8 +72,14 @@ class TorchBackend:
         self.generator = torch.Generator(device=self.torch_device)
         self.generator.manual_seed(dropout_seed)
         self.model = MLP(
-            n_inputs, config.hidden_dims, n_classes, activation=config.activation, use_batch_norm=config.use_batch_norm,
-            dropout=config.dropout, residual=config.residual, dropout_generator=self.generator,
+            n_inputs,
+            config.hidden_dims,
+            n_classes,
+            activation=config.activation,
+            use_batch_norm=config.use_batch_norm,
+            dropout=config.dropout,
+            residual=config.residual,
+            dropout_generator=self.generator,
         ).to(device=self.torch_device, dtype=self.torch_dtype)
         self.model.load_state_dict(initial.state_dict(), strict=True)
         self.loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -146,6 +152,7 @@ class TorchBackend:
                 # gradient includes the identity path, as in mlplab.gradflow's NumPy version.
                 args[0].retain_grad()
                 layer_inputs[name] = args[0]
+
             return hook
 
         handles = [module.register_forward_pre_hook(keep_input(name)) for name, module in linears]
@@ -171,15 +178,23 @@ class TorchBackend:
 
         rows = []
         for (name, module), before in zip(linears, weights_before):
-            rows.append(torch.stack((norm(module.weight.grad), norm(layer_inputs[name].grad),
-                                     norm(module.weight.detach() - before), norm(before))))
+            rows.append(
+                torch.stack(
+                    (
+                        norm(module.weight.grad),
+                        norm(layer_inputs[name].grad),
+                        norm(module.weight.detach() - before),
+                        norm(before),
+                    )
+                )
+            )
         correct = (logits.detach().argmax(dim=1) == targets).sum()
         summary = torch.stack((loss.detach().to(torch.float64), correct.to(torch.float64)))
         values = torch.cat((summary, *rows)).tolist()  # one transfer for everything
         loss_value, correct_value = values[0], values[1]
         stats = []
         for index, (name, _) in enumerate(linears):
-            weight_grad, input_grad, change, size = values[2 + 4 * index: 6 + 4 * index]
+            weight_grad, input_grad, change, size = values[2 + 4 * index : 6 + 4 * index]
             stats.append(LayerGradients.from_norms(name, weight_grad, input_grad, change, size))
         return StepResult(loss_value, int(correct_value), stats)
 
@@ -211,16 +226,28 @@ class TorchBackend:
         for key, target in targets.items():
             shape = tuple(np.shape(state[key]))
             if shape != tuple(target.shape):
-                raise ValueError(f"MLP.load_state_dict: {key} has shape {shape}, the model expects {tuple(target.shape)}")
+                raise ValueError(
+                    f"MLP.load_state_dict: {key} has shape {shape}, the model expects {tuple(target.shape)}"
+                )
         self.model.load_state_dict(state, strict=True)
 
     # -- optimiser state in mlplab.optim's format ------------------------------------------
     def _hyperparameters(self) -> dict:
         group = self.optimizer.param_groups[0]
         if self.optimizer_type == "SGD":
-            return {"lr": self.lr, "momentum": group["momentum"], "nesterov": group["nesterov"],
-                    "weight_decay": group["weight_decay"], "dampening": group["dampening"]}
-        return {"lr": self.lr, "betas": list(group["betas"]), "eps": group["eps"], "weight_decay": group["weight_decay"]}
+            return {
+                "lr": self.lr,
+                "momentum": group["momentum"],
+                "nesterov": group["nesterov"],
+                "weight_decay": group["weight_decay"],
+                "dampening": group["dampening"],
+            }
+        return {
+            "lr": self.lr,
+            "betas": list(group["betas"]),
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+        }
 
     def optimizer_state(self) -> dict:
         """``{"type", "step", "hyper", "state": {"name.index": array}}`` as :meth:`mlplab.optim.Optimizer.state_dict`;
@@ -250,12 +277,16 @@ class TorchBackend:
             index = int(index)
             value = np.asarray(value)
             if value.shape != tuple(params[index].shape):
-                raise ValueError(f"{kind}.load_state_dict: {key} has shape {value.shape}, parameter {index} has {tuple(params[index].shape)}")
+                raise ValueError(
+                    f"{kind}.load_state_dict: {key} has shape {value.shape}, parameter {index} has {tuple(params[index].shape)}"
+                )
             per_param.setdefault(index, {})[name] = torch.from_numpy(np.array(value))
         if kind != "SGD":
             for index, entry in per_param.items():
                 if set(entry) != set(names):
-                    raise ValueError(f"{kind}.load_state_dict: parameter {index} has {sorted(entry)}, expected {list(names)}")
+                    raise ValueError(
+                        f"{kind}.load_state_dict: parameter {index} has {sorted(entry)}, expected {list(names)}"
+                    )
                 # torch.optim keeps a step counter per parameter; every parameter steps every time.
                 entry["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
         saved = self.optimizer.state_dict()

@@ -127,8 +127,16 @@ def launch(args, config) -> int:
     if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
         # every rank must agree on the run folder: fix it here, once
         argv += ["--out", str(default_run_dir(config.short_name()))]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.nproc}",
-               "-m", "mlplab", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={config.nproc}",
+        "-m",
+        "mlplab",
+        *argv,
+    ]
     env = dict(os.environ)
     # each process gets an equal share of the cores (torchrun would say 1 and warn)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.nproc)))

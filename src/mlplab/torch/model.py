@@ -122,8 +122,15 @@ class MLP(nn.Module):
             return Residual(nn.Sequential(*map(build, spec.block)))
 
         # the plan of mlplab.models.MLP: same order, same names, same init rule per Linear
-        plan = layer_plan(self.n_inputs, self.n_hidden, self.n_classes, activation=self.activation,
-                          use_batch_norm=self.use_batch_norm, dropout=self.dropout, residual=self.residual)
+        plan = layer_plan(
+            self.n_inputs,
+            self.n_hidden,
+            self.n_classes,
+            activation=self.activation,
+            use_batch_norm=self.use_batch_norm,
+            dropout=self.dropout,
+            residual=self.residual,
+        )
         layers = [build(spec) for spec in plan]
         self.layers = nn.Sequential(*layers)
 
@@ -150,8 +157,10 @@ class MLP(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that also accepts NumPy arrays (a NumPy MLP's state)."""
-        converted = {key: torch.from_numpy(np.array(value)) if isinstance(value, (np.ndarray, np.generic)) else value
-                     for key, value in state_dict.items()}
+        converted = {
+            key: torch.from_numpy(np.array(value)) if isinstance(value, (np.ndarray, np.generic)) else value
+            for key, value in state_dict.items()
+        }
         return super().load_state_dict(converted, strict=strict, assign=assign)
 
     def numpy_state_dict(self) -> dict[str, np.ndarray]:
@@ -166,8 +175,13 @@ def from_numpy(numpy_mlp, *, device=None, dtype=None) -> MLP:
     """A torch :class:`MLP` with the architecture, weights, buffers and mode of a NumPy
     :class:`mlplab.models.MLP`; ``dtype`` defaults to the NumPy model's."""
     model = MLP(
-        numpy_mlp.n_inputs, numpy_mlp.n_hidden, numpy_mlp.n_classes, activation=numpy_mlp.activation,
-        use_batch_norm=numpy_mlp.use_batch_norm, dropout=numpy_mlp.dropout, residual=numpy_mlp.residual,
+        numpy_mlp.n_inputs,
+        numpy_mlp.n_hidden,
+        numpy_mlp.n_classes,
+        activation=numpy_mlp.activation,
+        use_batch_norm=numpy_mlp.use_batch_norm,
+        dropout=numpy_mlp.dropout,
+        residual=numpy_mlp.residual,
     )
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else TORCH_DTYPES[np.dtype(dtype or numpy_mlp.dtype)]
     model.to(device=device, dtype=torch_dtype)

@@ -62,7 +62,9 @@ def placement(library: str, device: str = "auto") -> Placement:
         import torch
 
         if device in ("auto", "cuda") and torch.cuda.is_available():
-            return Placement(library, xp, torch.device("cuda", torch.cuda.current_device()), f"cuda:{torch.cuda.current_device()}")
+            return Placement(
+                library, xp, torch.device("cuda", torch.cuda.current_device()), f"cuda:{torch.cuda.current_device()}"
+            )
         if device == "cuda":
             why = "this PyTorch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
             raise ConfigError(f"--device cuda: CUDA is not available to torch ({why}); use --device cpu or auto")
@@ -134,8 +136,18 @@ class DeviceBatches:
         self.resident = self._arrays is not None
         return self._arrays
 
-    def __call__(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, rng=None,
-                 drop_last: bool = False, augment=None, start: int = 0):
+    def __call__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        rng=None,
+        drop_last: bool = False,
+        augment=None,
+        start: int = 0,
+    ):
         from mlplab.data import batches
 
         if augment is not None:  # a NumPy transform: it must see every batch on the host
@@ -143,8 +155,9 @@ class DeviceBatches:
         else:
             arrays = self._device_split(x, y)
         if arrays is None:  # per batch: gathered (and augmented) on the host, then copied
-            for xb, yb in batches(x, y, batch_size, shuffle=shuffle, rng=rng, drop_last=drop_last,
-                                  augment=augment, start=start):
+            for xb, yb in batches(
+                x, y, batch_size, shuffle=shuffle, rng=rng, drop_last=drop_last, augment=augment, start=start
+            ):
                 yield self.where.asarray(xb), self.where.asarray(yb)
             return
         # The host iterator draws the permutation and checks the arguments; only its order is used
@@ -159,5 +172,5 @@ class DeviceBatches:
         order = rng.permutation(n) if shuffle else np.arange(n)
         xp = self.where.xp
         for i in range(start, total):
-            index = self.where.asarray(order[i * batch_size: min((i + 1) * batch_size, n)])
+            index = self.where.asarray(order[i * batch_size : min((i + 1) * batch_size, n)])
             yield xp.take(xd, index, axis=0), xp.take(yd, index, axis=0)

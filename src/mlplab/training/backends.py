@@ -46,7 +46,15 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, config: TrainConfig, n_inputs: int, n_classes: int, seed: np.random.SeedSequence, *, fast: bool | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        n_inputs: int,
+        n_classes: int,
+        seed: np.random.SeedSequence,
+        *,
+        fast: bool | None = None,
+    ):
         from mlplab.training.arrays import DeviceBatches, placement
 
         self.config = config
@@ -92,7 +100,9 @@ class NumpyBackend:
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, *, track: bool = False) -> StepResult:
         if track:
             if not self.where.is_numpy:
-                raise ConfigError(f"gradient tracking measures on NumPy arrays; not available with --array-library {self.array_library}")
+                raise ConfigError(
+                    f"gradient tracking measures on NumPy arrays; not available with --array-library {self.array_library}"
+                )
             return self._tracked_train_step(x, y, lr)
         x, y = self._inputs(x, y)
         if self.fast:
@@ -148,7 +158,9 @@ class NumpyBackend:
         model.eval()
         try:
             for start in range(0, x.shape[0], batch_size):
-                out[start:start + batch_size] = to_numpy(model.forward(self._inputs(x[start:start + batch_size])[0]))
+                out[start : start + batch_size] = to_numpy(
+                    model.forward(self._inputs(x[start : start + batch_size])[0])
+                )
         finally:
             model.clear_cache()
             model.train(was_training)

@@ -59,8 +59,18 @@ class Listener:
 
 
 #: the hooks of :class:`Listener`
-HOOKS = ("on_train_start", "on_epoch_start", "wants_layer_stats", "on_layer_stats", "on_step", "on_epoch_end",
-         "on_interrupt", "on_diverged", "on_train_end", "close")
+HOOKS = (
+    "on_train_start",
+    "on_epoch_start",
+    "wants_layer_stats",
+    "on_layer_stats",
+    "on_step",
+    "on_epoch_end",
+    "on_interrupt",
+    "on_diverged",
+    "on_train_end",
+    "close",
+)
 
 
 class _Adapted(Listener):

@@ -57,7 +57,8 @@ class ConsoleListener(Listener):
             f"training {widths} MLP ({c.activation}) on {d.name}: {len(d.train)} train / {len(d.validation)} validation / "
             f"{len(d.test)} test, {c.backend} backend ({getattr(trainer.backend, 'device', 'cpu')}, {c.dtype}), "
             f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, {c.epochs} epochs, seed {c.seed}",
-            file=self.stream, flush=True,
+            file=self.stream,
+            flush=True,
         )
 
     def on_epoch_start(self, trainer) -> None:
@@ -69,8 +70,13 @@ class ConsoleListener(Listener):
         if bar_class is None:
             return
         self.bar = bar_class(
-            total=trainer.steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {trainer.epoch + 1}",
-            leave=False, mininterval=0.25, unit="batch", dynamic_ncols=True,
+            total=trainer.steps_per_epoch,
+            initial=trainer.step_in_epoch,
+            desc=f"epoch {trainer.epoch + 1}",
+            leave=False,
+            mininterval=0.25,
+            unit="batch",
+            dynamic_ncols=True,
         )
 
     def on_step(self, trainer, loss: float) -> None:
@@ -90,13 +96,15 @@ class ConsoleListener(Listener):
             return
         val = (
             f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:6.2f}%"
-            if row["val_accuracy"] is not None else "no validation split"
+            if row["val_accuracy"] is not None
+            else "no validation split"
         )
         mark = " *" if trainer.improved and row["val_accuracy"] is not None else ""
         print(
             f"epoch {row['epoch']:>3}/{trainer.config.epochs}  train loss {row['train_loss']:.4f} "
             f"acc {100 * row['train_accuracy']:6.2f}%  {val}  lr {row['lr']:.4g}  {row['seconds']:.1f}s{mark}",
-            file=self.stream, flush=True,
+            file=self.stream,
+            flush=True,
         )
 
     def on_interrupt(self, trainer) -> None:
@@ -112,7 +120,9 @@ class ConsoleListener(Listener):
         best = f"best epoch {s['best_epoch']}" + (
             f" (validation accuracy {100 * s['best_val_accuracy']:.2f}%)" if s["best_val_accuracy"] is not None else ""
         )
-        print(f"{best}; test accuracy {100 * s['test_accuracy']:.2f}%; {s['wall_seconds']:.1f}s in all", file=self.stream)
+        print(
+            f"{best}; test accuracy {100 * s['test_accuracy']:.2f}%; {s['wall_seconds']:.1f}s in all", file=self.stream
+        )
         if trainer.run_dir is not None:
             print(f"run folder: {trainer.run_dir}", file=self.stream, flush=True)
 
@@ -143,8 +153,11 @@ class RunFolderListener(Listener):
                 pass
         extra = {"resumed_at_step": trainer.global_step} if self.resumed else {}
         # what the options resolved to: the array library and the device the run computes on
-        extra["execution"] = {"backend": trainer.backend.name, "array_library": getattr(trainer.config, "array_library", "numpy"),
-                              "device": str(getattr(trainer.backend, "device", "cpu"))}
+        extra["execution"] = {
+            "backend": trainer.backend.name,
+            "array_library": getattr(trainer.config, "array_library", "numpy"),
+            "device": str(getattr(trainer.backend, "device", "cpu")),
+        }
         write_config(self.run_dir, trainer.config.to_dict(), getattr(trainer.data, "info", {}), extra)
         steps_path, history_path = self.run_dir / "steps.csv", self.run_dir / "history.csv"
         if self.resumed:
@@ -272,12 +285,20 @@ class GradientTracker(Listener):
                 import warnings
 
                 self.warned = True  # asked for and not measured: this backend cannot track
-                warnings.warn(f"--track-gradients: the {type(trainer.backend).__name__} backend records no gradient statistics",
-                              stacklevel=2)
+                warnings.warn(
+                    f"--track-gradients: the {type(trainer.backend).__name__} backend records no gradient statistics",
+                    stacklevel=2,
+                )
             return
         for layer in stats:
-            row = (trainer.global_step, trainer.epoch + 1, layer.layer, repr(float(layer.weight_grad_norm)),
-                   repr(float(layer.input_grad_norm)), repr(float(layer.update_ratio)))
+            row = (
+                trainer.global_step,
+                trainer.epoch + 1,
+                layer.layer,
+                repr(float(layer.weight_grad_norm)),
+                repr(float(layer.input_grad_norm)),
+                repr(float(layer.update_ratio)),
+            )
             if self.log is not None:
                 self.log.write(row)
             else:

@@ -119,8 +119,11 @@ def _read_holder(fd: int) -> dict | None:
             info = None
         # A record left by a killed holder names a dead process: the new holder is still about
         # to write its own.
-        if isinstance(info, dict) and isinstance(info.get("pid"), int) \
-                and (info.get("host") != socket.gethostname() or _alive(info["pid"])):
+        if (
+            isinstance(info, dict)
+            and isinstance(info.get("pid"), int)
+            and (info.get("host") != socket.gethostname() or _alive(info["pid"]))
+        ):
             return info
         if time.monotonic() >= deadline:
             return info if isinstance(info, dict) else None
@@ -181,8 +184,11 @@ def lock_run_dir(run_dir, *, create: bool = False) -> RunLock:
             raise _busy(folder, info) from None
         except OSError as exc:  # a file system without locks (some network mounts)
             os.close(fd)
-            warnings.warn(f"cannot lock run folder {str(folder)!r} ({exc.strerror or exc}); "
-                          "make sure no other process writes into it", stacklevel=2)
+            warnings.warn(
+                f"cannot lock run folder {str(folder)!r} ({exc.strerror or exc}); "
+                "make sure no other process writes into it",
+                stacklevel=2,
+            )
             return RunLock(folder)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)

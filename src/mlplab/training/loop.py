@@ -29,8 +29,20 @@ from mlplab.training.hooks import as_listener
 from mlplab.training.run import prepare_run_dir
 
 #: options a resumed run may change; everything else must match the saved run
-RESUMABLE_OPTIONS = ("epochs", "quiet", "report", "data_dir", "device", "early_stopping", "out", "overwrite",
-                     "tensorboard", "mlflow", "mlflow_experiment", "array_library")
+RESUMABLE_OPTIONS = (
+    "epochs",
+    "quiet",
+    "report",
+    "data_dir",
+    "device",
+    "early_stopping",
+    "out",
+    "overwrite",
+    "tensorboard",
+    "mlflow",
+    "mlflow_experiment",
+    "array_library",
+)
 
 
 @dataclass
@@ -75,8 +87,9 @@ class TrainResult:
         printer.text(train_result_text(self))
 
 
-def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000, tta_flip: bool = False,
-                   image_shape=None) -> EvalResult:
+def evaluate_split(
+    backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000, tta_flip: bool = False, image_shape=None
+) -> EvalResult:
     """Mean cross-entropy, accuracy and predictions of ``backend`` over a whole split, in chunks.
     With ``tta_flip`` the class probabilities are averaged with those of the mirrored images."""
     from mlplab.metrics import chunked_log_probs
@@ -86,8 +99,9 @@ def evaluate_split(backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1
         return EvalResult(float("nan"), float("nan"), np.empty(0, dtype=np.int64), 0)
     loss_sum = 0.0
     predictions = np.empty(n, dtype=np.int64)
-    for start, stop, log_probs in chunked_log_probs(backend.predict_logits, x, batch_size, tta_flip=tta_flip,
-                                                    image_shape=image_shape):
+    for start, stop, log_probs in chunked_log_probs(
+        backend.predict_logits, x, batch_size, tta_flip=tta_flip, image_shape=image_shape
+    ):
         loss_sum -= float(log_probs[np.arange(stop - start), y[start:stop]].sum())
         predictions[start:stop] = np.argmax(log_probs, axis=1)
     accuracy = float(np.count_nonzero(predictions == y)) / n
@@ -119,11 +133,19 @@ class Trainer:
                 raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
             from mlplab.data.augment import RandomCropFlip
 
-            self.augment = RandomCropFlip(data.image_shape, padding=config.augment_padding, rng=np.random.default_rng(augment_seed))
+            self.augment = RandomCropFlip(
+                data.image_shape, padding=config.augment_padding, rng=np.random.default_rng(augment_seed)
+            )
         self.steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=True)
         self.schedule = make_schedule(
-            config.schedule, config.lr, steps_per_epoch=self.steps_per_epoch, epochs=config.epochs,
-            warmup_epochs=config.warmup_epochs, step_epochs=config.step_epochs, gamma=config.gamma, min_lr=config.min_lr,
+            config.schedule,
+            config.lr,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs,
+            step_epochs=config.step_epochs,
+            gamma=config.gamma,
+            min_lr=config.min_lr,
         )
         # progress
         self.epoch = 0  # completed epochs
@@ -239,8 +261,14 @@ class Trainer:
         sums = self.epoch_sums
         # a backend on another array library gathers its batches on its device (same order, same draws)
         stream = (getattr(self.backend, "batches", None) or batches)(
-            train.x, train.y, config.batch_size, shuffle=True, rng=self.shuffle_rng, drop_last=True,
-            augment=self.augment, start=self.step_in_epoch,
+            train.x,
+            train.y,
+            config.batch_size,
+            shuffle=True,
+            rng=self.shuffle_rng,
+            drop_last=True,
+            augment=self.augment,
+            start=self.step_in_epoch,
         )
         for xb, yb in stream:
             self.lr = self.schedule(self.global_step)
@@ -318,7 +346,11 @@ class Trainer:
         raise DivergedError(
             f"training diverged: the loss became {loss} at epoch {epoch}, step {step} (global step {self.global_step + 1}, "
             f"lr {self.lr:g}); try a lower learning rate, e.g. --lr {self.config.lr / 10:g}"
-            + (f"; the best model so far (epoch {self.best_epoch}) is in {self.run_dir / 'best.npz'}" if self.run_dir and self.best_state else "")
+            + (
+                f"; the best model so far (epoch {self.best_epoch}) is in {self.run_dir / 'best.npz'}"
+                if self.run_dir and self.best_state
+                else ""
+            )
         )
 
     def interrupted(self) -> None:
@@ -362,9 +394,17 @@ class Trainer:
             "test_confusion_matrix": cm.tolist(),
         }
         result = TrainResult(
-            model=self.backend.model, backend=self.backend, config=self.config, history=self.history,
-            best_epoch=self.best_epoch, best_val_accuracy=self.best_val_accuracy, test_accuracy=test.accuracy,
-            test_loss=test.loss, summary=summary, run_dir=self.run_dir, class_names=list(self.data.class_names),
+            model=self.backend.model,
+            backend=self.backend,
+            config=self.config,
+            history=self.history,
+            best_epoch=self.best_epoch,
+            best_val_accuracy=self.best_val_accuracy,
+            test_accuracy=test.accuracy,
+            test_loss=test.loss,
+            summary=summary,
+            run_dir=self.run_dir,
+            class_names=list(self.data.class_names),
         )
         for listener in self.listeners:
             listener.on_train_end(self, result)
@@ -426,8 +466,16 @@ def _resume_config(run_dir: Path, options: dict):
     return config, checkpoint
 
 
-def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=None, preset: str | None = None,
-          config_file=None, **options) -> TrainResult:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    data=None,
+    listeners=(),
+    resume=None,
+    preset: str | None = None,
+    config_file=None,
+    **options,
+) -> TrainResult:
     """Train an MLP; the Python face of ``mlplab train`` (same option names, underscores).
 
     ``data``: a ready :class:`~mlplab.data.DatasetSplits` instead of loading ``dataset``.
@@ -438,8 +486,16 @@ def train(config: TrainConfig | None = None, *, data=None, listeners=(), resume=
     from contextlib import ExitStack
 
     with ExitStack() as run_lock:  # the run folder's lock (mlplab.training.lock), held until training ends
-        return _train(config, data=data, listeners=listeners, resume=resume, preset=preset, config_file=config_file,
-                      run_lock=run_lock, **options)
+        return _train(
+            config,
+            data=data,
+            listeners=listeners,
+            resume=resume,
+            preset=preset,
+            config_file=config_file,
+            run_lock=run_lock,
+            **options,
+        )
 
 
 def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **options) -> TrainResult:
@@ -473,13 +529,19 @@ def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **
     if data is None:
         data = load_data(config)
     if len(data.train) < config.batch_size:
-        raise ConfigError(f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)")
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)"
+        )
     if run_dir is not None and checkpoint is None and is_primary_process():
         # locked before --overwrite deletes anything (a no-op when already held from above)
         run_lock.enter_context(lock_run_dir(run_dir, create=True))
         prepare_run_dir(run_dir, overwrite=config.overwrite)
-    if checkpoint is not None and checkpoint.meta.get("epoch", 0) >= config.epochs and checkpoint.meta.get("step_in_epoch", 0) == 0 \
-            and (cast(Path, run_dir) / "summary.json").exists():  # a checkpoint comes from --resume: run_dir is set
+    if (
+        checkpoint is not None
+        and checkpoint.meta.get("epoch", 0) >= config.epochs
+        and checkpoint.meta.get("step_in_epoch", 0) == 0
+        and (cast(Path, run_dir) / "summary.json").exists()
+    ):  # a checkpoint comes from --resume: run_dir is set
         raise CheckpointError(
             f"--resume: the run in {str(run_dir)!r} already finished {checkpoint.meta['epoch']} epochs; "
             "pass a larger --epochs to continue it"

@@ -61,8 +61,16 @@ def prepare_run_dir(path, *, overwrite: bool = False, create: bool = True) -> Pa
     if overwrite:
         # mlflow.json and tensorboard/ too: a later --resume would take them for this run's
         old_events = [p.relative_to(path) for p in (path / "tensorboard").glob("events.out.tfevents.*")]
-        for name in ("summary.json", "last.npz", "best.npz", "steps.csv", "history.csv", "gradients.csv", "mlflow.json",
-                     *old_events):
+        for name in (
+            "summary.json",
+            "last.npz",
+            "best.npz",
+            "steps.csv",
+            "history.csv",
+            "gradients.csv",
+            "mlflow.json",
+            *old_events,
+        ):
             try:
                 (path / name).unlink()
             except FileNotFoundError:
@@ -112,8 +120,10 @@ def blas_info() -> dict:
         for entry in threadpool_info():
             if entry.get("user_api") == "blas":
                 return {
-                    "library": entry.get("internal_api"), "version": entry.get("version"),
-                    "threads": entry.get("num_threads"), "architecture": entry.get("architecture"),
+                    "library": entry.get("internal_api"),
+                    "version": entry.get("version"),
+                    "threads": entry.get("num_threads"),
+                    "architecture": entry.get("architecture"),
                 }
     except Exception:  # noqa: BLE001  # pragma: no cover - optional: a threadpoolctl failure only loses this detail
         pass
@@ -138,7 +148,9 @@ def environment() -> dict:
 
 
 def write_config(path: Path, config: dict, data_info: dict | None = None, extra: dict | None = None) -> None:
-    write_json_atomic(path / "config.json", {"options": config, "data": data_info or {}, **environment(), **(extra or {})})
+    write_json_atomic(
+        path / "config.json", {"options": config, "data": data_info or {}, **environment(), **(extra or {})}
+    )
 
 
 def read_config(path) -> dict:

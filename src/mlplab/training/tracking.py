@@ -83,8 +83,10 @@ class mlflow_errors:
             return False
         if isinstance(exc, ImportError):
             missing = getattr(exc, "name", None) or str(exc)
-            raise MissingDependencyError(f"--mlflow: this tracking store needs the {missing!r} module; "
-                                         "install it with: pip install 'mlplab[mlflow]'") from None
+            raise MissingDependencyError(
+                f"--mlflow: this tracking store needs the {missing!r} module; "
+                "install it with: pip install 'mlplab[mlflow]'"
+            ) from None
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise MlplabError(f"--mlflow: {message}") from None
 
@@ -97,7 +99,9 @@ def tensorboard_dir(option, run_dir) -> Path | None:
     if isinstance(option, str):
         return Path(option)
     if run_dir is None:
-        raise ConfigError("--tensorboard without a folder writes into the run folder; give --out, or a folder: --tensorboard DIR")
+        raise ConfigError(
+            "--tensorboard without a folder writes into the run folder; give --out, or a folder: --tensorboard DIR"
+        )
     return Path(run_dir) / "tensorboard"
 
 
@@ -114,8 +118,10 @@ def check_tracking(config, run_dir, *, resumed: bool = False) -> None:
         assert folder is not None  # config.tensorboard is set, so there is a folder
         if not resumed and event_files(folder):
             if not config.overwrite:
-                raise ConfigError(f"--tensorboard {str(folder)!r} already holds the event files of another run; give each "
-                                  "run its own folder (tensorboard --logdir takes their parent) or pass --overwrite")
+                raise ConfigError(
+                    f"--tensorboard {str(folder)!r} already holds the event files of another run; give each "
+                    "run its own folder (tensorboard --logdir takes their parent) or pass --overwrite"
+                )
             for path in event_files(folder):
                 path.unlink()
     if config.mlflow:
@@ -158,8 +164,11 @@ def step_points(trainer, after: int) -> list[tuple[int, float]]:
         return []
     from mlplab.training.run import read_csv
 
-    return [(int(row["step"]), float(row["loss"])) for row in read_csv(Path(trainer.run_dir) / "steps.csv")
-            if after < row["step"] <= trainer.global_step]
+    return [
+        (int(row["step"]), float(row["loss"]))
+        for row in read_csv(Path(trainer.run_dir) / "steps.csv")
+        if after < row["step"] <= trainer.global_step
+    ]
 
 
 # =============================================================================================
@@ -207,7 +216,9 @@ class TensorBoardListener(Listener):
             folder.mkdir(parents=True, exist_ok=True)
             self.writer = self._new_writer(EventFileWriter)
         except OSError as exc:
-            raise MlplabError(f"--tensorboard: cannot write event files in {str(self.folder)!r}: {exc.strerror or exc}") from None
+            raise MlplabError(
+                f"--tensorboard: cannot write event files in {str(self.folder)!r}: {exc.strerror or exc}"
+            ) from None
         for name, epoch, value in history_points(trainer, self.last):
             self._scalar(name, epoch, value)
         for step, loss in step_points(trainer, self.last.get(STEP_METRIC, 0)):
@@ -243,8 +254,11 @@ class TensorBoardListener(Listener):
         self._scalar(TEST_METRIC, trainer.epoch, result.test_accuracy)
         hparams = {k: v for k, v in option_values(trainer.config).items() if v is not None}
         # The hparams plugin takes a run's latest session: a resumed run's options replace the first.
-        self.writer.add_event(self.event_pb2.Event(wall_time=time.time(), step=int(trainer.epoch),
-                                                   summary=self.hparams.hparams_pb(hparams)))
+        self.writer.add_event(
+            self.event_pb2.Event(
+                wall_time=time.time(), step=int(trainer.epoch), summary=self.hparams.hparams_pb(hparams)
+            )
+        )
         self.writer.flush()
 
     def _flush(self, trainer, *args) -> None:
@@ -272,7 +286,9 @@ def _experiment_id(client, name: str) -> str:
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
-        raise MlplabError(f"--mlflow-experiment {name!r} is deleted in this tracking store; restore it or choose another name")
+        raise MlplabError(
+            f"--mlflow-experiment {name!r} is deleted in this tracking store; restore it or choose another name"
+        )
     return experiment.experiment_id
 
 
@@ -332,16 +348,21 @@ class MlflowListener(Listener):
                 self.run_id = run.info.run_id
                 self.client.update_run(self.run_id, status="RUNNING")
                 logged = dict(run.data.params)
-                self.last = {name: max((m.step for m in self.client.get_metric_history(self.run_id, name)), default=0)
-                             for name in (*HISTORY_METRICS, STEP_METRIC)}
+                self.last = {
+                    name: max((m.step for m in self.client.get_metric_history(self.run_id, name)), default=0)
+                    for name in (*HISTORY_METRICS, STEP_METRIC)
+                }
                 # MLflow refuses to change a param: an option changed on resume (--epochs) becomes a tag
                 changed = {f"resumed.{k}": v for k, v in params.items() if k in logged and logged[k] != v}
                 for key, value in changed.items():
                     self.client.set_tag(self.run_id, key, value)
                 params = {k: v for k, v in params.items() if k not in logged}
             else:
-                tags = {"mlflow.source.name": "mlplab", "mlplab.backend": trainer.backend.name,
-                        "mlplab.dataset": trainer.data.name}
+                tags = {
+                    "mlflow.source.name": "mlplab",
+                    "mlplab.backend": trainer.backend.name,
+                    "mlplab.dataset": trainer.data.name,
+                }
                 if self.parent_run_id:
                     tags["mlflow.parentRunId"] = self.parent_run_id
                 if trainer.run_dir is not None:
@@ -352,19 +373,22 @@ class MlflowListener(Listener):
                 self.last = {}
             items = [Param(k, v) for k, v in params.items()]
             for start in range(0, len(items), 100):  # MLflow's limit of params per call
-                self.client.log_batch(self.run_id, params=items[start:start + 100])
+                self.client.log_batch(self.run_id, params=items[start : start + 100])
         record = self._record(trainer)
         if record is not None:
-            write_json_atomic(record, {"run_id": self.run_id, "experiment": self.experiment,
-                                       "experiment_id": run.info.experiment_id})
+            write_json_atomic(
+                record, {"run_id": self.run_id, "experiment": self.experiment, "experiment_id": run.info.experiment_id}
+            )
         self.pending = [_metric(n, v, e) for n, e, v in history_points(trainer, self.last)]
-        self.pending += [_metric(STEP_METRIC, loss, step) for step, loss in step_points(trainer, self.last.get(STEP_METRIC, 0))]
+        self.pending += [
+            _metric(STEP_METRIC, loss, step) for step, loss in step_points(trainer, self.last.get(STEP_METRIC, 0))
+        ]
         self._send()
 
     def _send(self) -> None:
         with mlflow_errors():
             for start in range(0, len(self.pending), self.BATCH):
-                self.client.log_batch(self.run_id, metrics=self.pending[start:start + self.BATCH])
+                self.client.log_batch(self.run_id, metrics=self.pending[start : start + self.BATCH])
         self.pending = []
 
     def on_step(self, trainer, loss: float) -> None:
@@ -373,8 +397,11 @@ class MlflowListener(Listener):
             self.pending.append(_metric(STEP_METRIC, loss, trainer.global_step))
 
     def on_epoch_end(self, trainer, row: dict) -> None:
-        self.pending += [_metric(name, row[name], row["epoch"]) for name in HISTORY_METRICS
-                         if row[name] is not None and row["epoch"] > self.last.get(name, 0)]
+        self.pending += [
+            _metric(name, row[name], row["epoch"])
+            for name in HISTORY_METRICS
+            if row[name] is not None and row["epoch"] > self.last.get(name, 0)
+        ]
         self._send()
 
     def _end(self, status: str) -> None:
@@ -443,11 +470,17 @@ def start_sweep_run(study, spec: dict) -> str | None:
             except Exception:  # noqa: BLE001 - another store: a new parent run
                 pass
         experiment_id = _experiment_id(client, base.get("mlflow_experiment") or "mlplab")
-        run = client.create_run(experiment_id, run_name=study.study_name,
-                                tags={"mlflow.source.name": "mlplab sweep", "mlplab.search": spec["search"]})
+        run = client.create_run(
+            experiment_id,
+            run_name=study.study_name,
+            tags={"mlflow.source.name": "mlplab sweep", "mlplab.search": spec["search"]},
+        )
         from mlflow.entities import Param
 
-        params = [Param(f"sweep.{d['name']}", str(d.get("values") or [d.get("low"), d.get("high")])) for d in spec["dimensions"]]
+        params = [
+            Param(f"sweep.{d['name']}", str(d.get("values") or [d.get("low"), d.get("high")]))
+            for d in spec["dimensions"]
+        ]
         params += [Param("sweep.trials", str(spec["trials"])), Param("sweep.seed", str(spec["seed"]))]
         client.log_batch(run.info.run_id, params=params)
     study.set_user_attr(SWEEP_PARENT_ATTR, run.info.run_id)
