@@ -160,6 +160,27 @@ def test_the_environment_forces_batches_off_the_device(monkeypatch):
 
 
 # -- training on another library (these need the array-API modules) -------------------------
+@pytest.mark.parametrize("library", OTHER_LIBRARIES)
+def test_evaluation_splits_go_to_the_device_once_when_they_fit(monkeypatch, library):
+    """Evaluated twice, a split that fits is copied once and sliced there; forced off the
+    device, it goes over chunk by chunk; both give NumPy's logits."""
+    config = _config(library)
+    x = np.random.default_rng(3).standard_normal((37, 20)).astype(np.float32)
+    expected = NumpyBackend(_config("numpy"), 20, 5, np.random.SeedSequence(7)).predict_logits(x, batch_size=10)
+    monkeypatch.setenv(arrays.DEVICE_DATA_ENV, "1")
+    resident = NumpyBackend(config, 20, 5, np.random.SeedSequence(7))
+    first = resident.predict_logits(x, batch_size=10)
+    copy = resident._eval_copies[id(x)][1]
+    assert copy is not None and resident.predict_logits(x, batch_size=10) is not first
+    assert resident._eval_copies[id(x)][1] is copy  # made once, reused
+    monkeypatch.setenv(arrays.DEVICE_DATA_ENV, "0")
+    chunked = NumpyBackend(config, 20, 5, np.random.SeedSequence(7))
+    second = chunked.predict_logits(x, batch_size=10)
+    assert chunked._eval_copies[id(x)][1] is None
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(first, second)
+
+
 STEPS, BATCH = 30, 16
 CASES = {
     "sgd-nesterov-batch-norm-dropout": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "use_batch_norm": True,

@@ -6,7 +6,8 @@ shuffling), so a run follows the same trajectory on every library up to rounding
 module adds is moving the results there. The training split is copied to the device once when it
 fits (:func:`fits_on_device`) and each batch is then gathered there with ``xp.take``; when it does
 not fit, or when augmentation (a NumPy transform) has to see every batch, batches are gathered on
-the host as before and copied one at a time.
+the host as before and copied one at a time. Evaluation splits follow the same rule: copied once at
+their first evaluation when they fit (``NumpyBackend.predict_logits``), else chunk by chunk.
 """
 
 from __future__ import annotations

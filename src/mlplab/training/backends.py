@@ -72,6 +72,8 @@ class NumpyBackend:
             self.fused_step = FusedStep(self.model, self.loss, self.optimizer)
         #: the loop gathers training batches through this when it is set (None on NumPy: the host batches)
         self.batches = None if self.where.is_numpy else DeviceBatches(self.where)
+        #: evaluation splits copied to the device once (id of the host array -> (it, the copy or None))
+        self._eval_copies: dict[int, tuple[np.ndarray, Any]] = {}
 
     def _placed(self, model: MLP) -> MLP:
         """``model`` with its parameters, gradients and buffers on this backend's library and device."""
@@ -86,6 +88,17 @@ class NumpyBackend:
 
     def model_config(self) -> dict:
         return self.model.config()
+
+    def _resident(self, x: np.ndarray):
+        """The device copy of an evaluation split, made at its first evaluation when it fits
+        (:func:`~mlplab.training.arrays.split_on_device`); None: it goes over chunk by chunk."""
+        from mlplab.training.arrays import split_on_device
+
+        entry = self._eval_copies.get(id(x))
+        if entry is None or entry[0] is not x:
+            copy = self._inputs(x)[0] if split_on_device(self.where, x, x[:0]) else None
+            entry = self._eval_copies[id(x)] = (x, copy)
+        return entry[1]
 
     def _inputs(self, x, y=None):
         """A batch as arrays of this backend's library, x in the model's dtype."""
@@ -151,16 +164,16 @@ class NumpyBackend:
             return self.model.predict_logits(x, batch_size)
         from mlplab.xp import to_numpy
 
-        # chunk by chunk to the device and back: evaluation holds no second copy of a split there
+        resident = self._resident(x)
         out = np.empty((x.shape[0], self.shape[1]), self.dtype)
         model = self.model
         was_training = model.training
         model.eval()
         try:
             for start in range(0, x.shape[0], batch_size):
-                out[start : start + batch_size] = to_numpy(
-                    model.forward(self._inputs(x[start : start + batch_size])[0])
-                )
+                stop = min(start + batch_size, x.shape[0])  # the standard leaves slices past the end unspecified
+                chunk = resident[start:stop, ...] if resident is not None else x[start:stop]
+                out[start:stop] = to_numpy(model.forward(self._inputs(chunk)[0]))
         finally:
             model.clear_cache()
             model.train(was_training)
