@@ -65,6 +65,27 @@ class LayerSpec:
     block: tuple[LayerSpec, ...] = ()
 
 
+def architecture(
+    n_inputs, n_hidden, n_classes, *, activation="elu", use_batch_norm=False, dropout=0.0, residual=False
+) -> dict:
+    """The validated, normalised constructor arguments of an MLP (both :class:`MLP` and
+    :class:`mlplab.torch.MLP` take them): what ``config()`` returns and :func:`layer_plan` reads."""
+    key = str(activation).lower().replace("-", "_")
+    if key not in ACTIVATIONS:
+        raise ValueError(f"MLP: unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= float(dropout) < 1:
+        raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout!r}")
+    return {
+        "n_inputs": as_positive_int(n_inputs, "n_inputs", "MLP"),
+        "n_hidden": hidden_widths(n_hidden),
+        "n_classes": as_positive_int(n_classes, "n_classes", "MLP"),
+        "activation": key,
+        "use_batch_norm": bool(use_batch_norm),
+        "dropout": float(dropout),
+        "residual": bool(residual),
+    }
+
+
 def layer_plan(
     n_inputs: int,
     n_hidden: list[int],
@@ -148,17 +169,18 @@ class MLP(Module):
         seed=None,
     ):
         super().__init__()
-        self.n_inputs = as_positive_int(n_inputs, "n_inputs", "MLP")
-        self.n_hidden = hidden_widths(n_hidden)
-        self.n_classes = as_positive_int(n_classes, "n_classes", "MLP")
-        if str(activation).lower().replace("-", "_") not in ACTIVATIONS:
-            raise ValueError(f"MLP: unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout!r}")
-        self.activation = str(activation).lower().replace("-", "_")
-        self.use_batch_norm = bool(use_batch_norm)
-        self.dropout = float(dropout)
-        self.residual = bool(residual)
+        arch = architecture(
+            n_inputs,
+            n_hidden,
+            n_classes,
+            activation=activation,
+            use_batch_norm=use_batch_norm,
+            dropout=dropout,
+            residual=residual,
+        )
+        self.n_inputs, self.n_hidden, self.n_classes = arch["n_inputs"], arch["n_hidden"], arch["n_classes"]
+        self.activation, self.use_batch_norm = arch["activation"], arch["use_batch_norm"]
+        self.dropout, self.residual = arch["dropout"], arch["residual"]
         self.dtype = np.dtype(dtype)
         init_seq, dropout_seq = as_seed_sequence(seed).spawn(2)
         init_rng = np.random.default_rng(init_seq)
@@ -185,15 +207,7 @@ class MLP(Module):
 
     def plan(self) -> list[LayerSpec]:
         """This MLP's :func:`layer_plan`."""
-        return layer_plan(
-            self.n_inputs,
-            self.n_hidden,
-            self.n_classes,
-            activation=self.activation,
-            use_batch_norm=self.use_batch_norm,
-            dropout=self.dropout,
-            residual=self.residual,
-        )
+        return layer_plan(**self.config())
 
     def config(self) -> dict:
         """The constructor arguments (without seed), enough to rebuild the architecture."""

@@ -9,10 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlplab.models import LayerSpec, hidden_widths, layer_plan
-from mlplab.nn.activations import ACTIVATIONS
+from mlplab.models import LayerSpec, architecture, layer_plan
 from mlplab.nn.activations import make_activation as make_numpy_activation
-from mlplab.nn.linear import as_positive_int
 
 #: torch dtypes for the NumPy dtypes mlplab trains in
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
@@ -97,18 +95,18 @@ class MLP(nn.Module):
         dropout_generator: torch.Generator | None = None,
     ):
         super().__init__()
-        self.n_inputs = as_positive_int(n_inputs, "n_inputs", "MLP")
-        self.n_hidden = hidden_widths(n_hidden)
-        self.n_classes = as_positive_int(n_classes, "n_classes", "MLP")
-        key = str(activation).lower().replace("-", "_")
-        if key not in ACTIVATIONS:
-            raise ValueError(f"MLP: unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout!r}")
-        self.activation = key
-        self.use_batch_norm = bool(use_batch_norm)
-        self.dropout = float(dropout)
-        self.residual = bool(residual)
+        arch = architecture(
+            n_inputs,
+            n_hidden,
+            n_classes,
+            activation=activation,
+            use_batch_norm=use_batch_norm,
+            dropout=dropout,
+            residual=residual,
+        )
+        self.n_inputs, self.n_hidden, self.n_classes = arch["n_inputs"], arch["n_hidden"], arch["n_classes"]
+        self.activation, self.use_batch_norm = arch["activation"], arch["use_batch_norm"]
+        self.dropout, self.residual = arch["dropout"], arch["residual"]
 
         def build(spec: LayerSpec) -> nn.Module:
             if spec.kind == "linear":
@@ -122,16 +120,7 @@ class MLP(nn.Module):
             return Residual(nn.Sequential(*map(build, spec.block)))
 
         # the plan of mlplab.models.MLP: same order, same names, same init rule per Linear
-        plan = layer_plan(
-            self.n_inputs,
-            self.n_hidden,
-            self.n_classes,
-            activation=self.activation,
-            use_batch_norm=self.use_batch_norm,
-            dropout=self.dropout,
-            residual=self.residual,
-        )
-        layers = [build(spec) for spec in plan]
+        layers = [build(spec) for spec in layer_plan(**arch)]
         self.layers = nn.Sequential(*layers)
 
     def config(self) -> dict:
