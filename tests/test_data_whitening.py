@@ -55,7 +55,7 @@ def test_zca_matrix_is_cached(tmp_path, monkeypatch):
 
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown method"):
-        whiten(correlated_splits(), "pca")
+        whiten(correlated_splits(), "polar")
 
 
 def test_training_with_whitening_on_digits(tmp_path):

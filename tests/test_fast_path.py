@@ -163,3 +163,52 @@ def test_the_fast_path_is_switched_by_argument_or_environment(monkeypatch, value
     rng = np.random.default_rng(0)
     backend.train_step(rng.standard_normal((8, 1024), dtype=np.float32), rng.integers(0, 10, 8), 0.1)
     assert len(calls) == (1 if expected else 0)  # the 1024 x 16 weight is fused, and only when on
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("optimizer, weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.05)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_threaded_adam_is_the_textbook_adam_bit_for_bit(threads, optimizer, weight_decay, dtype, monkeypatch):
+    """The blocked update cuts every parameter into blocks (here of 1000 elements, so a 60 x 70
+    weight spans five blocks with a short last one) and deals them out to threads; each element
+    still sees the textbook's operations in the textbook's order."""
+    from mlplab.fast import update
+    from mlplab.optim import OPTIMIZERS
+
+    monkeypatch.setattr(update, "BLOCK", 1000)
+    rng = np.random.default_rng(3)
+    shapes = [(60, 70), (70,), (70, 10), (10,)]
+    params = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(2)]
+    params[1] = [p.copy() for p in params[0]]
+    grads = [np.zeros(s, dtype) for s in shapes]
+    options = {"lr": 1e-2, "weight_decay": weight_decay}
+    textbook = OPTIMIZERS[optimizer](list(zip(params[0], grads)), **options)
+    blocked = OPTIMIZERS[optimizer](list(zip(params[1], grads)), **options)
+    updater = update.Updater(threads=threads)
+    for _ in range(5):
+        for g in grads:
+            g[...] = rng.standard_normal(g.shape)
+        textbook.step()
+        updater.update(blocked)
+    assert blocked.step_count == textbook.step_count == 5
+    for a, b in zip(params[0], params[1]):
+        np.testing.assert_array_equal(a, b)
+    for name in ("exp_avg", "exp_avg_sq"):
+        for a, b in zip(textbook.state[name], blocked.state[name]):
+            np.testing.assert_array_equal(a, b)
+    shares = updater._adam_plan[1]
+    assert len(shares) == threads  # every thread got a share
+    assert sorted(item for share in shares for item in share) == sorted(
+        (i, a, min(int(np.prod(s)), a + 1000)) for i, s in enumerate(shapes) for a in range(0, int(np.prod(s)), 1000)
+    )
+
+
+def test_update_threads_read_the_environment(monkeypatch):
+    from mlplab.fast import update
+
+    monkeypatch.setenv("MLPLAB_UPDATE_THREADS", "3")
+    assert update.update_threads() == 3 and update.Updater().threads == 3
+    monkeypatch.setenv("MLPLAB_UPDATE_THREADS", "0")
+    assert update.update_threads() == 1
+    monkeypatch.delenv("MLPLAB_UPDATE_THREADS")
+    assert 1 <= update.update_threads() <= 4

@@ -68,6 +68,7 @@ class TrainConfig:
     normalization: str = "published"
     whitening: str = "none"
     zca_epsilon: float = 0.1
+    pca_components: int = 768  # with whitening "pca": the principal directions kept
     augment: bool = False
     augment_padding: int = 4  # with augment: random crops of up to this many pixels (0: flips only)
     # model
@@ -157,6 +158,7 @@ class TrainConfig:
         c.normalization = _choice(c.normalization, "normalization", registry_names("NORMALIZATIONS"))
         c.whitening = _choice(c.whitening, "whitening", registry_names("WHITENINGS"))
         c.zca_epsilon = _number(c.zca_epsilon, "zca_epsilon", positive=True)
+        c.pca_components = _integer(c.pca_components, "pca_components", low=1)
         c.hidden_dims = _widths(c.hidden_dims)
         c.lr = _number(c.lr, "lr", positive=True)
         c.momentum = _number(c.momentum, "momentum", low=0.0)

@@ -243,21 +243,25 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def chunked_log_probs(logits_of, x: np.ndarray, batch_size: int = 1000, *, tta_flip: bool = False, image_shape=None):
+def chunked_log_probs(
+    logits_of, x: np.ndarray, batch_size: int = 1000, *, tta_flip: bool = False, image_shape=None, mirror=None
+):
     """Yield ``(start, stop, log_probs)`` over the rows of ``x``, ``batch_size`` rows at a time.
 
     ``logits_of(xb) -> (rows, C)`` is any model's prediction (a backend's ``predict_logits``);
     ``log_probs`` are float64 log-softmax scores. With ``tta_flip`` they are the log of the mean
-    of the probabilities of the chunk and of its horizontally mirrored images (``image_shape``).
+    of the probabilities of the chunk and of its horizontally mirrored images (``image_shape``;
+    or ``mirror``, the data set's ±1 signs, when its rows are mirror-symmetric coordinates).
     The one prediction loop behind both the training loop's evaluation and :func:`evaluate`."""
     if tta_flip:
-        from mlplab.data.augment import flip_horizontal
+        from mlplab.data.augment import mirror_rows
     for start in range(0, x.shape[0], batch_size):
         stop = min(x.shape[0], start + batch_size)
         log_probs = _log_softmax(np.asarray(logits_of(x[start:stop]), dtype=np.float64))
         if tta_flip:
             # the probabilities of both views are averaged, not their logits
-            flipped = _log_softmax(np.asarray(logits_of(flip_horizontal(x[start:stop], image_shape)), dtype=np.float64))
+            mirrored = mirror_rows(x[start:stop], image_shape, mirror)
+            flipped = _log_softmax(np.asarray(logits_of(mirrored), dtype=np.float64))
             log_probs = np.log(0.5 * (np.exp(log_probs) + np.exp(flipped)))
         yield start, stop, log_probs
 
@@ -272,6 +276,7 @@ def evaluate(
     zero_division: float = 0.0,
     tta_flip: bool = False,
     image_shape=None,
+    mirror=None,
 ) -> Evaluation:
     """Run ``model`` over a whole split and count its confusion matrix, batch by batch.
 
@@ -281,8 +286,8 @@ def evaluate(
     dataset: a :class:`mlplab.data.Dataset` (``x`` (N, D), ``y`` (N,)) or an ``(x, y)`` pair.
     num_classes: C, by default the width of the logits (needed only for an empty split
     without ``model.n_classes``). With ``tta_flip`` the class probabilities are averaged with
-    those of the horizontally mirrored images (``image_shape``, the data set's, needed), as training
-    evaluates with ``--tta-flip``.
+    those of the horizontally mirrored images (``image_shape``, the data set's, needed; or
+    ``mirror``, its ±1 signs after ``--whitening pca``), as training evaluates with ``--tta-flip``.
     """
     batch_size = validation.integer(batch_size, "evaluate: batch_size", error=ValueError)
     x, y = _split_arrays(dataset)
@@ -304,7 +309,7 @@ def evaluate(
         num_classes = getattr(model, "n_classes", None)
     try:
         for start, stop, scores in chunked_log_probs(
-            logits_of, x, batch_size, tta_flip=tta_flip, image_shape=image_shape
+            logits_of, x, batch_size, tta_flip=tta_flip, image_shape=image_shape, mirror=mirror
         ):
             yb = y[start:stop]
             if cm is None:

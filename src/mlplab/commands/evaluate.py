@@ -97,7 +97,14 @@ def evaluate_run(
             f"best.npz in {str(run_dir)!r} expects {model.n_inputs} features and {model.n_classes} classes, "
             f"but the data has {data.num_features} and {data.num_classes}"
         )
-    result = evaluate(model, dataset, batch_size=batch_size, tta_flip=config.tta_flip, image_shape=data.image_shape)
+    result = evaluate(
+        model,
+        dataset,
+        batch_size=batch_size,
+        tta_flip=config.tta_flip,
+        image_shape=data.image_shape,
+        mirror=data.mirror,
+    )
     return result_dict(
         result,
         betas,

@@ -63,7 +63,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "--whitening",
         default=S,
         metavar="NAME",
-        help="after normalising: none (default), per_image standardisation, or zca (fitted on the training split)",
+        help="after normalising: none (default), per_image standardisation, zca, or pca (fitted on the "
+        "training split; pca keeps --pca-components coordinates, flips still work)",
+    )
+    data.add_argument(
+        "--pca-components",
+        dest="pca_components",
+        type=int,
+        default=S,
+        metavar="K",
+        help="with --whitening pca: principal directions kept (default 768)",
     )
     data.add_argument(
         "--zca-epsilon",

@@ -40,6 +40,43 @@ def flip_horizontal(x: np.ndarray, image_shape) -> np.ndarray:
     return np.ascontiguousarray(images[..., ::-1]).reshape(x.shape)
 
 
+def mirror_rows(x: np.ndarray, image_shape=None, mirror=None) -> np.ndarray:
+    """The rows of the mirrored images: ``flip_horizontal`` for image rows, ``x * mirror`` for
+    rows in mirror-symmetric coordinates (``data.mirror``, after ``--whitening pca``)."""
+    if mirror is not None:
+        return x * mirror
+    return flip_horizontal(x, image_shape)
+
+
+class RandomMirror:
+    """Random horizontal flips of rows in mirror-symmetric coordinates: row ← row * ``mirror``
+    with probability 1/2. The coins are drawn as :class:`RandomCropFlip` draws them without
+    crops (one ``random`` draw of B per call), so the same seed mirrors the same samples."""
+
+    rng: np.random.Generator
+
+    def __init__(self, mirror: np.ndarray, rng=None) -> None:
+        self.mirror = np.asarray(mirror, dtype=np.float32)
+        if self.mirror.ndim != 1 or not np.all(np.abs(self.mirror) == 1):
+            raise ConfigError("RandomMirror: mirror must be a vector of +1 and -1 entries")
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    def __call__(self, xb: np.ndarray) -> np.ndarray:
+        if xb.ndim != 2 or xb.shape[1] != len(self.mirror):
+            raise ConfigError(
+                f"RandomMirror: expected rows of {len(self.mirror)} features, got an array of shape {xb.shape}"
+            )
+        if len(xb) == 0:
+            return xb
+        out = xb if xb.flags.writeable else xb.copy()
+        mirror = self.rng.random(len(xb)) < 0.5
+        out[mirror] *= self.mirror.astype(xb.dtype, copy=False)
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomMirror(features={len(self.mirror)})"
+
+
 class RandomCropFlip:
     """Random crop after zero padding, and random horizontal flip, for (B, C*H*W) float32 batches.
 

@@ -62,6 +62,8 @@ class DatasetSplits:
     """What every loader returns: train / validation / test splits plus metadata.
 
     ``image_shape`` is (channels, height, width) of one row of ``x`` (None for non-image data);
+    ``mirror`` (±1 per feature, or None) mirrors rows that are not images but have a mirror:
+    ``x * mirror`` is the row of the left-right mirrored image (set by ``--whitening pca``);
     ``info`` describes the source, checksum, normalisation and split, for a run's config.json.
     """
 
@@ -72,6 +74,7 @@ class DatasetSplits:
     name: str
     image_shape: tuple[int, int, int] | None = None
     info: dict = field(default_factory=dict)
+    mirror: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:

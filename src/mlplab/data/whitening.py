@@ -7,9 +7,19 @@
   the image layout (W is symmetric, so the result still looks like an edge-enhanced image, and
   crops and flips still make sense). ε (``zca_epsilon``) damps the small eigenvalues — the
   fine, noisy directions; 0.1 suits per-channel normalised CIFAR-10, whose eigenvalues sum to 3072.
+- ``pca``: x ← (x − μ) V, the coordinates of each image in the ``pca_components`` leading
+  principal directions V (D, K) of the training split: fewer features (768 of CIFAR-10's 3072
+  keep 99.7 % of the variance), so the first layer costs a quarter. The covariance is made
+  mirror-symmetric (averaged with that of the mirrored images) and diagonalised separately on
+  the even (left-right symmetric) and odd (antisymmetric) images, so every direction is either
+  unchanged or negated by a mirror: the rows are no longer images (``image_shape`` becomes
+  None), but ``data.mirror`` (±1 per feature) mirrors them, ``x * mirror``, for flip
+  augmentation and test-time flip averaging. The coordinates are not rescaled: their variances
+  stay the eigenvalues. docs/presets.md measures what this buys.
 
-Statistics come from the training split only. The ZCA matrix is cached in ``$MLPLAB_CACHE/zca``,
-keyed by what it depends on (data source checksum, split, normalisation, ε).
+Statistics come from the training split only. The ZCA matrix and the PCA basis are cached in
+``$MLPLAB_CACHE/zca`` and ``$MLPLAB_CACHE/pca``, keyed by what they depend on (data source
+checksum, split, normalisation, ε or K).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from mlplab.data.core import CHUNK_ROWS, DatasetSplits, cache_root, warn
 from mlplab.errors import ConfigError
 
 #: THE list of whitening methods (``--whitening``; config validation reads it from here)
-WHITENINGS = ("none", "per_image", "zca")
+WHITENINGS = ("none", "per_image", "zca", "pca")
 
 
 def per_image_standardize(x: np.ndarray, eps: float = 1e-6) -> None:
@@ -57,6 +67,68 @@ def apply_zca(x: np.ndarray, mean: np.ndarray, w: np.ndarray) -> None:
         chunk[...] = chunk @ w
 
 
+def mirror_pairs(image_shape) -> np.ndarray:
+    """``pairs[i]``: the feature that feature ``i`` becomes in the left-right mirrored image."""
+    c, h, w = image_shape
+    return np.arange(c * h * w).reshape(c, h, w)[..., ::-1].reshape(-1)
+
+
+def _covariance(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    cov = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
+    for start in range(0, len(x), 8 * CHUNK_ROWS):
+        chunk = x[start : start + 8 * CHUNK_ROWS] - mean.astype(np.float32)
+        cov += chunk.T @ chunk  # float32 products, float64 sum over chunks
+    return cov / len(x)
+
+
+def fit_pca(x: np.ndarray, components: int, image_shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The mean (D,), basis V (D, K), mirror signs (K,) and eigenvalues (K,) of the ``components``
+    leading principal directions of the rows of ``x`` (N, D); V and the mean are float32.
+
+    With ``image_shape``, statistics are those of the images and their mirror images together,
+    and each direction is even (sign +1: a mirrored image has the same coordinate) or odd (−1).
+    Pixel i and its mirror j = pairs[i] span one even direction (eᵢ + eⱼ)/√2 and one odd one
+    (eᵢ − eⱼ)/√2; in that basis the symmetric covariance has no even-odd entries, so each half
+    is diagonalised on its own and the leading K of both halves are kept. Without it, the signs
+    are all +1 and mean nothing (no mirror)."""
+    d = x.shape[1]
+    if image_shape is None:
+        mean = x.mean(axis=0, dtype=np.float64)
+        eigenvalues, eigenvectors = np.linalg.eigh(_covariance(x, mean))
+        order = np.argsort(eigenvalues)[::-1][:components]
+        signs = np.ones(len(order))
+        basis = eigenvectors[:, order]
+        return mean.astype(np.float32), basis.astype(np.float32), signs.astype(np.float32), eigenvalues[order]
+    pairs = mirror_pairs(image_shape)
+    mean = x.mean(axis=0, dtype=np.float64)
+    mean = (mean + mean[pairs]) / 2
+    cov = _covariance(x, mean)
+    cov = (cov + cov[np.ix_(pairs, pairs)]) / 2
+    left = np.flatnonzero(np.arange(d) < pairs)  # one pixel of each mirror pair
+    right = pairs[left]
+    halves = []
+    for sign in (1.0, -1.0):
+        # Q (D, D/2): the orthonormal even (sign +1) or odd (−1) directions; Qᵀ C Q is that half
+        q = np.zeros((d, len(left)))
+        q[left, np.arange(len(left))] = 1 / np.sqrt(2)
+        q[right, np.arange(len(left))] = sign / np.sqrt(2)
+        values, vectors = np.linalg.eigh(q.T @ cov @ q)
+        halves.append((values, q @ vectors, np.full(len(values), sign)))
+    values = np.concatenate([h[0] for h in halves])
+    vectors = np.concatenate([h[1] for h in halves], axis=1)
+    signs = np.concatenate([h[2] for h in halves])
+    order = np.argsort(values, kind="stable")[::-1][:components]
+    return mean.astype(np.float32), vectors[:, order].astype(np.float32), signs[order].astype(np.float32), values[order]
+
+
+def apply_pca(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(x − mean) V, a new float32 array (N, K), a chunk of rows at a time."""
+    out = np.empty((len(x), basis.shape[1]), dtype=np.float32)
+    for start in range(0, len(x), CHUNK_ROWS):
+        np.matmul(x[start : start + CHUNK_ROWS] - mean, basis, out=out[start : start + CHUNK_ROWS])
+    return out
+
+
 def _zca_key(data: DatasetSplits, epsilon: float) -> str:
     info = data.info or {}
     parts = {
@@ -68,7 +140,12 @@ def _zca_key(data: DatasetSplits, epsilon: float) -> str:
 
 
 def whiten(
-    data: DatasetSplits, method: str = "none", *, zca_epsilon: float = 0.1, use_cache: bool = True
+    data: DatasetSplits,
+    method: str = "none",
+    *,
+    zca_epsilon: float = 0.1,
+    pca_components: int = 768,
+    use_cache: bool = True,
 ) -> DatasetSplits:
     """Whiten every split of ``data`` in place with statistics of its training split; returns ``data``."""
     if method not in WHITENINGS:
@@ -82,6 +159,8 @@ def whiten(
             per_image_standardize(split.x)
         data.info = {**(data.info or {}), "whitening": "per_image"}
         return data
+    if method == "pca":
+        return _whiten_pca(data, pca_components, use_cache, started)
     if not zca_epsilon > 0:
         raise ConfigError(f"--zca-epsilon must be positive, got {zca_epsilon!r}")
     key = _zca_key(data, zca_epsilon)
@@ -116,3 +195,69 @@ def whiten(
         "whitening_seconds": round(time.perf_counter() - started, 3),
     }
     return data
+
+
+def _whiten_pca(data: DatasetSplits, components: int, use_cache: bool, started: float) -> DatasetSplits:
+    if isinstance(components, bool) or not isinstance(components, int) or not 1 <= components <= data.num_features:
+        raise ConfigError(
+            f"--pca-components must be a whole number from 1 to the {data.num_features} features "
+            f"of {data.name}, got {components!r}"
+        )
+    image_shape = data.image_shape
+    path = cache_root() / "pca" / f"{_pca_key(data, components)}.npz"
+    fitted = None
+    cached = False
+    if use_cache and path.exists():
+        try:
+            with np.load(path) as stored:
+                fitted = (stored["mean"], stored["basis"], stored["signs"], stored["eigenvalues"])
+                total_variance = float(stored["total_variance"])
+            cached = fitted[1].shape == (data.num_features, components)
+        except (OSError, ValueError, KeyError):
+            cached = False
+    if not cached:
+        fitted = fit_pca(data.train.x, components, image_shape)
+        total_variance = _total_variance(data.train.x, fitted[0])
+        if use_cache:
+            try:
+                from mlplab.storage import atomic_write
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                mean, basis, signs, eigenvalues = fitted
+                atomic_write(
+                    path,
+                    lambda f: np.savez(
+                        f, mean=mean, basis=basis, signs=signs, eigenvalues=eigenvalues, total_variance=total_variance
+                    ),
+                )
+            except OSError as exc:
+                warn(f"could not cache the PCA basis in {path.parent}: {exc.strerror or exc}")
+    assert fitted is not None  # read from the cache or fitted just above
+    mean, basis, signs, eigenvalues = fitted
+    for split in (data.train, data.validation, data.test):
+        split.x = apply_pca(split.x, mean, basis)
+    data.mirror = signs if image_shape is not None else None
+    data.image_shape = None
+    data.info = {
+        **(data.info or {}),
+        "whitening": "pca",
+        "pca_components": components,
+        "pca_variance_kept": round(float(eigenvalues.sum()) / total_variance, 5),
+        "pca_even": int(np.count_nonzero(signs > 0)) if image_shape is not None else None,
+        "pca_cached": cached,
+        "whitening_seconds": round(time.perf_counter() - started, 3),
+    }
+    return data
+
+
+def _total_variance(x: np.ndarray, mean: np.ndarray) -> float:
+    """The summed variance of the features about ``mean``: the trace of the covariance."""
+    total = 0.0
+    for start in range(0, len(x), CHUNK_ROWS):
+        chunk = x[start : start + CHUNK_ROWS] - mean
+        total += float(np.einsum("ij,ij->", chunk, chunk, dtype=np.float64))
+    return total / len(x)
+
+
+def _pca_key(data: DatasetSplits, components: int) -> str:
+    return "pca-" + _zca_key(data, float(components))

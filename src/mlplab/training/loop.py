@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from mlplab.training.backends import make_backend
 from mlplab.training.checkpoint import load_checkpoint
 from mlplab.training.hooks import as_listener
 from mlplab.training.run import prepare_run_dir
+
+if TYPE_CHECKING:
+    from mlplab.data.augment import RandomCropFlip, RandomMirror
 
 #: options a resumed run may change; everything else must match the saved run
 RESUMABLE_OPTIONS = (
@@ -88,7 +91,14 @@ class TrainResult:
 
 
 def evaluate_split(
-    backend, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000, tta_flip: bool = False, image_shape=None
+    backend,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = 1000,
+    tta_flip: bool = False,
+    image_shape=None,
+    mirror=None,
 ) -> EvalResult:
     """Mean cross-entropy, accuracy and predictions of ``backend`` over a whole split, in chunks.
     With ``tta_flip`` the class probabilities are averaged with those of the mirrored images."""
@@ -100,7 +110,7 @@ def evaluate_split(
     loss_sum = 0.0
     predictions = np.empty(n, dtype=np.int64)
     for start, stop, log_probs in chunked_log_probs(
-        backend.predict_logits, x, batch_size, tta_flip=tta_flip, image_shape=image_shape
+        backend.predict_logits, x, batch_size, tta_flip=tta_flip, image_shape=image_shape, mirror=mirror
     ):
         loss_sum -= float(log_probs[np.arange(stop - start), y[start:stop]].sum())
         predictions[start:stop] = np.argmax(log_probs, axis=1)
@@ -127,8 +137,18 @@ class Trainer:
         model_seed, shuffle_seed, augment_seed = np.random.SeedSequence(config.seed).spawn(3)
         self.backend = make_backend(config, data.num_features, data.num_classes, model_seed)
         self.shuffle_rng = np.random.default_rng(shuffle_seed)
-        self.augment = None
-        if config.augment:
+        self.augment: RandomCropFlip | RandomMirror | None = None
+        mirror = getattr(data, "mirror", None)
+        if config.augment and not data.image_shape and mirror is not None:
+            if config.augment_padding:
+                raise ConfigError(
+                    "--augment: random crops need image rows, and --whitening pca turns them into "
+                    "coordinates; only flips work there (pass --augment-padding 0)"
+                )
+            from mlplab.data.augment import RandomMirror
+
+            self.augment = RandomMirror(mirror, rng=np.random.default_rng(augment_seed))
+        elif config.augment:
             if not data.image_shape:
                 raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
             from mlplab.data.augment import RandomCropFlip
@@ -335,7 +355,12 @@ class Trainer:
     def evaluate(self, split: str) -> EvalResult:
         dataset = getattr(self.data, split)
         return evaluate_split(
-            self.backend, dataset.x, dataset.y, tta_flip=self.config.tta_flip, image_shape=self.data.image_shape
+            self.backend,
+            dataset.x,
+            dataset.y,
+            tta_flip=self.config.tta_flip,
+            image_shape=self.data.image_shape,
+            mirror=getattr(self.data, "mirror", None),
         )
 
     def diverged(self, loss: float) -> None:
@@ -581,5 +606,5 @@ def load_data(config: TrainConfig):
     if config.whitening != "none":
         from mlplab.data.whitening import whiten
 
-        whiten(data, config.whitening, zca_epsilon=config.zca_epsilon)
+        whiten(data, config.whitening, zca_epsilon=config.zca_epsilon, pca_components=config.pca_components)
     return data
