@@ -169,6 +169,17 @@ def test_numpy_and_torch_agree_on_mixed_batches(smoothing):
     assert max_abs_diff(numpy_backend.state_dict(), torch_backend.state_dict()) <= PARAM_ATOL
 
 
+def test_mixup_on_another_array_library_follows_the_numpy_run(digits):
+    pytest.importorskip("array_api_strict")
+    pytest.importorskip("array_api_compat")
+    options = {**FAST, "epochs": 2, "mixup": 0.3, "label_smoothing": 0.1}
+    host = mlplab.train(data=digits, **options)
+    strict = mlplab.train(data=digits, array_library="array-api-strict", **options)
+    assert [row["train_accuracy"] for row in strict.history] == [row["train_accuracy"] for row in host.history]
+    for key, value in weights(host).items():
+        np.testing.assert_allclose(weights(strict)[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
 def test_interrupted_mixup_run_resumes_bit_for_bit(tmp_path, digits):
     from test_reliability import InterruptAt, assert_same_run
 

@@ -127,7 +127,8 @@ class RandomCropFlip:
 
 
 class Mixup:
-    """Mixup (Zhang et al. 2018) of a training batch: ``mixup(xb, yb) -> (x_mixed, targets)``.
+    """Mixup (Zhang et al. 2018) of a training batch: ``mixup(xb, yb) -> (x_mixed, targets)``
+    (docs/backprop.md, "Mixup").
 
     Per call, λ ~ Beta(α, α) (one ``beta`` draw, rounded to a multiple of 2⁻²⁴) and a permutation π of the batch (one
     ``permutation`` draw), then x ← λ·x + (1 − λ)·x[π] and t ← λ·onehot(y) + (1 − λ)·onehot(y[π]):
