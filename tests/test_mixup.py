@@ -169,6 +169,18 @@ def test_numpy_and_torch_agree_on_mixed_batches(smoothing):
     assert max_abs_diff(numpy_backend.state_dict(), torch_backend.state_dict()) <= PARAM_ATOL
 
 
+@pytest.mark.torch
+def test_loop_trains_both_backends_alike_with_mixup_and_gradient_tracking(digits, tmp_path):
+    pytest.importorskip("torch")
+    options = {**FAST, "epochs": 1, "mixup": 0.3, "dtype": "float64", "device": "cpu", "track_gradients": 4}
+    runs = [mlplab.train(data=digits, backend=name, out=str(tmp_path / name), **options) for name in ("numpy", "torch")]
+    assert all((tmp_path / name / "gradients.csv").exists() for name in ("numpy", "torch"))  # tracked steps ran
+    assert runs[0].history[0]["train_accuracy"] == runs[1].history[0]["train_accuracy"]
+    assert runs[0].history[0]["train_loss"] == pytest.approx(runs[1].history[0]["train_loss"], rel=1e-10)
+    for key, value in weights(runs[0]).items():
+        np.testing.assert_allclose(weights(runs[1])[key], value, rtol=0, atol=1e-9, err_msg=key)
+
+
 def test_mixup_on_another_array_library_follows_the_numpy_run(digits):
     pytest.importorskip("array_api_strict")
     pytest.importorskip("array_api_compat")
