@@ -161,7 +161,7 @@ def test_run_all_covers_every_module_and_option_and_passes():
     modules = {r.module for r in results}
     for name in ("Linear", "ELU", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "GELU(none)", "Softmax",
                  "BatchNorm1d(train)", "BatchNorm1d(eval)", "Dropout(train)", "Residual", "CrossEntropy",
-                 "SoftmaxCrossEntropy", "SoftmaxCrossEntropy(smoothing)"):
+                 "SoftmaxCrossEntropy", "SoftmaxCrossEntropy(smoothing)", "SoftmaxCrossEntropy(soft)"):
         assert name in modules, name
     for variant in ("MLP[batch_norm]", "MLP[residual]", "MLP[dropout, eval]", "MLP[relu]", "MLP[gelu]",
                     "MLP[sigmoid]", "MLP[tanh]", "MLP[leaky_relu]", "MLP[softmax regression]"):

@@ -30,7 +30,9 @@ class StepResult:
 class Backend(Protocol):
     """A model, its optimiser and its generators, driven one batch at a time.
 
-    Arrays cross the interface as NumPy: ``x`` float32/64 of shape (B, D), ``y`` int64 of shape (B,).
+    Arrays cross the interface as NumPy: ``x`` float32/64 of shape (B, D), ``y`` int64 of shape (B,)
+    or, with ``--mixup``, float target distributions of shape (B, C) (a step then counts a row as
+    correct when the logits' argmax is the target's argmax).
     State dicts use the same names on every backend (``layers.0.weight``, ...), and optimiser
     state the form of :meth:`mlplab.optim.Optimizer.state_dict`, so either backend continues,
     evaluates or checks the other's checkpoint.

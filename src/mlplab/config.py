@@ -89,6 +89,7 @@ class TrainConfig:
     step_epochs: int | None = None
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # α of mixup's λ ~ Beta(α, α); 0: off
     batch_size: int = 128
     epochs: int = 10
     early_stopping: int | None = None
@@ -168,6 +169,7 @@ class TrainConfig:
         c.gamma = _number(c.gamma, "gamma", positive=True)
         c.dropout = _number(c.dropout, "dropout", low=0.0, below=1.0)
         c.label_smoothing = _number(c.label_smoothing, "label_smoothing", low=0.0, below=1.0)
+        c.mixup = _number(c.mixup, "mixup", low=0.0)
         c.batch_size = _integer(c.batch_size, "batch_size", low=1)
         c.epochs = _integer(c.epochs, "epochs", low=1)
         c.seed = _integer(c.seed, "seed", low=0)

@@ -205,10 +205,12 @@ def check_loss(
     name: str | None = None,
     where=None,
 ) -> CheckResult:
-    """Check a loss's stateless ``backward(inputs, labels)`` against finite differences."""
+    """Check a loss's stateless ``backward(inputs, labels)`` against finite differences;
+    ``labels`` are class indices (batch,) or target distributions (batch, classes)."""
     name = name or type(loss_module).__name__
     inputs = _on(where, np.array(inputs, dtype=np.float64, copy=True))
-    labels = _on(where, np.asarray(labels, dtype=np.int64))
+    labels = np.asarray(labels)
+    labels = _on(where, labels.astype(np.int64 if labels.ndim == 1 else np.float64, copy=False))
     analytic = _host_copy(loss_module.backward(inputs, labels))
     numeric = _gradient(lambda: loss_module.forward(inputs, labels), inputs, where, h)
     return _result(name, "input", analytic, numeric, tol)
@@ -295,6 +297,18 @@ def run_all(
     probs = rng.uniform(0.05, 1.0, (6, 5))
     probs /= probs.sum(axis=1, keepdims=True)
     results.append(check_loss(CrossEntropy(), probs, labels, tol=tol, where=where))
+    # --mixup's targets: two one-hot rows mixed, λ·onehot(y) + (1 − λ)·onehot(y[π]), smoothed on top
+    mixed = 0.7 * np.eye(5)[labels] + 0.3 * np.eye(5)[labels[::-1]]
+    results.append(
+        check_loss(
+            SoftmaxCrossEntropy(label_smoothing=0.1),
+            logits,
+            mixed,
+            tol=tol,
+            name="SoftmaxCrossEntropy(soft)",
+            where=where,
+        )
+    )
 
     xm = rng.standard_normal((8, 6))
     ym = rng.integers(0, 3, size=8)

@@ -185,6 +185,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="label smoothing of the loss (default 0)",
     )
     optim.add_argument(
+        "--mixup",
+        type=float,
+        default=S,
+        metavar="ALPHA",
+        help="mix each training batch with a shuffled copy of itself, λ ~ Beta(ALPHA, ALPHA) (default 0: off)",
+    )
+    optim.add_argument(
         "--batch-size",
         "--batch_size",
         dest="batch_size",

@@ -124,3 +124,49 @@ class RandomCropFlip:
 
     def __repr__(self) -> str:
         return f"RandomCropFlip(image_shape={self.image_shape}, padding={self.padding}, flip={self.flip})"
+
+
+class Mixup:
+    """Mixup (Zhang et al. 2018) of a training batch: ``mixup(xb, yb) -> (x_mixed, targets)``
+    (docs/backprop.md, "Mixup").
+
+    Per call, λ ~ Beta(α, α) (one ``beta`` draw, rounded to a multiple of 2⁻²⁴) and a permutation π of the batch (one
+    ``permutation`` draw), then x ← λ·x + (1 − λ)·x[π] and t ← λ·onehot(y) + (1 − λ)·onehot(y[π]):
+    targets float32 (B, num_classes), each row summing to 1. ``xb`` (B, D) and ``yb`` (B,) int may
+    be NumPy arrays or another array library's (the draws are NumPy's either way); neither is
+    modified. Save and restore ``rng.bit_generator.state`` to replay the draws.
+    """
+
+    rng: np.random.Generator
+
+    def __init__(self, num_classes: int, alpha: float, rng=None) -> None:
+        self.num_classes = validation.integer(num_classes, "num_classes", low=1)
+        self.alpha = validation.number(alpha, "alpha", above=0)
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    def __call__(self, xb, yb):
+        from mlplab.xp import asarray, device, is_numpy, namespace
+
+        if xb.ndim != 2 or yb.ndim != 1 or xb.shape[0] != yb.shape[0]:
+            raise ConfigError(f"Mixup: expected x (B, D) and labels (B,), got shapes {xb.shape} and {yb.shape}")
+        xp = namespace(xb, yb)
+        # λ on the grid of 2⁻²⁴ (a change below 3·10⁻⁸): λ and 1 − λ are then exact in float32, so
+        # every target row sums to exactly 1, which the loss's gradient (p − t)/S takes for granted.
+        # A Python float keeps x's dtype.
+        lam = round(float(self.rng.beta(self.alpha, self.alpha)) * 2**24) / 2**24
+        order = self.rng.permutation(xb.shape[0])
+        if not is_numpy(xp):
+            order = asarray(order, xp, device=device(xb))
+        mixed = lam * xb + (1 - lam) * xp.take(xb, order, axis=0)
+        classes = xp.arange(self.num_classes, dtype=yb.dtype, device=device(yb))
+        one_hot = xp.astype(yb[:, None] == classes, xp.float32)
+        targets = lam * one_hot + (1 - lam) * xp.take(one_hot, order, axis=0)
+        return mixed, targets
+
+    def batches(self, stream):
+        """Each ``(xb, yb)`` of ``stream`` mixed: an iterator of ``(x_mixed, targets)``."""
+        for xb, yb in stream:
+            yield self(xb, yb)
+
+    def __repr__(self) -> str:
+        return f"Mixup(num_classes={self.num_classes}, alpha={self.alpha:g})"

@@ -32,6 +32,7 @@ FOLDER_ABBREVIATIONS = {
     "dropout": "drop",
     "momentum": "mom",
     "label_smoothing": "ls",
+    "mixup": "mix",
     "use_batch_norm": "bn",
     "warmup_epochs": "warm",
     "epochs": "ep",

@@ -54,6 +54,11 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def _classes(targets: torch.Tensor) -> torch.Tensor:
+    """The class each target counts as for the correct count: the label, or a soft row's largest entry."""
+    return targets.argmax(dim=1) if targets.ndim == 2 else targets
+
+
 class TorchBackend:
     """:class:`mlplab.torch.MLP` trained with ``torch.optim`` on ``config.device``."""
 
@@ -95,19 +100,24 @@ class TorchBackend:
         # from_numpy shares the batch's memory; the only copy is the one to the device/dtype.
         return torch.from_numpy(array).to(self.torch_device, dtype, non_blocking=True)
 
+    def _targets(self, y: np.ndarray) -> torch.Tensor:
+        """Class indices (B,) as int64, or target distributions (B, C) such as mixup's in the
+        model's dtype: CrossEntropyLoss takes either, and smooths a distribution as NumPy's loss does."""
+        return self._tensor(y, torch.int64) if y.ndim == 1 else self._tensor(y, self.torch_dtype)
+
     # -- the interface -----------------------------------------------------------------
     def model_config(self) -> dict:
         return self.model.config()
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, *, track: bool = False) -> StepResult:
-        """One optimiser step on x: (batch, features), y: (batch,) int; returns the mean loss and
-        correct count, and with ``track`` each Linear's gradient statistics."""
+        """One optimiser step on x: (batch, features), y: (batch,) int or (batch, classes) target
+        distributions; returns the mean loss and correct count, and with ``track`` each Linear's gradient statistics."""
         if track:
             return self._tracked_train_step(x, y, lr)
         x, y = self._local_batch(x, y)
         self.model.train()
         inputs = self._tensor(x, self.torch_dtype)
-        targets = self._tensor(y, torch.int64)
+        targets = self._targets(y)
         logits = self.forward_module(inputs)
         loss = self.loss(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -117,7 +127,7 @@ class TorchBackend:
         self.optimizer.step()
         self.step_count += 1
         self.lr = lr
-        correct = (logits.detach().argmax(dim=1) == targets).sum()
+        correct = (logits.detach().argmax(dim=1) == _classes(targets)).sum()
         return StepResult(*self._batch_totals(loss.detach(), correct, targets.shape[0]))
 
     # Hooks that data-parallel training (mlplab.torch.distributed) overrides.
@@ -158,7 +168,7 @@ class TorchBackend:
         handles = [module.register_forward_pre_hook(keep_input(name)) for name, module in linears]
         try:
             inputs = self._tensor(x, self.torch_dtype).requires_grad_(True)  # the first layer's dX, this step only
-            targets = self._tensor(y, torch.int64)
+            targets = self._targets(y)
             logits = model(inputs)
             loss = self.loss(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
@@ -188,7 +198,7 @@ class TorchBackend:
                     )
                 )
             )
-        correct = (logits.detach().argmax(dim=1) == targets).sum()
+        correct = (logits.detach().argmax(dim=1) == _classes(targets)).sum()
         summary = torch.stack((loss.detach().to(torch.float64), correct.to(torch.float64)))
         values = torch.cat((summary, *rows)).tolist()  # one transfer for everything
         loss_value, correct_value = values[0], values[1]

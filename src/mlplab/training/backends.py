@@ -29,6 +29,12 @@ def make_optimizer(config: TrainConfig, params) -> Optimizer:
     return cls(params, **cls.settings(config))
 
 
+def _classes(y, xp):
+    """The class each target row counts as for the correct count: the label itself, or the
+    largest entry of a soft target row (B, C) such as mixup's."""
+    return xp.argmax(y, axis=1) if y.ndim == 2 else y
+
+
 class NumpyBackend:
     """The MLP with a hand-written backward pass and a :mod:`mlplab.optim` optimiser.
 
@@ -130,10 +136,10 @@ class NumpyBackend:
             self.optimizer.lr = lr
             self.optimizer.step()
         if self.where.is_numpy:
-            correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == _classes(y, np)))
         else:
             xp = self.where.xp
-            correct = int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64)))
+            correct = int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == _classes(y, xp), xp.int64)))
         return StepResult(float(loss), correct)
 
     def _tracked_train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
@@ -156,7 +162,7 @@ class NumpyBackend:
         else:
             self.optimizer.step()
         stats = layer_statistics(linears, weights_before, input_grads)
-        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == _classes(y, np)))
         return StepResult(loss, correct, stats)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -29,7 +29,7 @@ from mlplab.training.hooks import as_listener
 from mlplab.training.run import prepare_run_dir
 
 if TYPE_CHECKING:
-    from mlplab.data.augment import RandomCropFlip, RandomMirror
+    from mlplab.data.augment import Mixup, RandomCropFlip, RandomMirror
 
 #: options a resumed run may change; everything else must match the saved run
 RESUMABLE_OPTIONS = (
@@ -156,6 +156,12 @@ class Trainer:
             self.augment = RandomCropFlip(
                 data.image_shape, padding=config.augment_padding, rng=np.random.default_rng(augment_seed)
             )
+        self.mixup: Mixup | None = None
+        if config.mixup:  # off: no generator, no draws. spawn(3)'s children are the first three of spawn(4)
+            from mlplab.data.augment import Mixup
+
+            mixup_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(4)[3])
+            self.mixup = Mixup(data.num_classes, config.mixup, rng=mixup_rng)
         self.steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=True)
         self.schedule = make_schedule(
             config.schedule,
@@ -222,6 +228,7 @@ class Trainer:
                 "rng": {
                     "shuffle_at_epoch_start": self.epoch_start_shuffle_state,
                     "augment": self.augment.rng.bit_generator.state if self.augment else None,
+                    "mixup": self.mixup.rng.bit_generator.state if self.mixup else None,
                     "backend": self.backend.rng_state(),
                 },
             },
@@ -254,6 +261,8 @@ class Trainer:
         self.shuffle_rng.bit_generator.state = self.epoch_start_shuffle_state
         if self.augment and meta["rng"]["augment"]:
             self.augment.rng.bit_generator.state = meta["rng"]["augment"]
+        if self.mixup and meta["rng"].get("mixup"):
+            self.mixup.rng.bit_generator.state = meta["rng"]["mixup"]
 
     def wall_seconds(self) -> float:
         return self.wall_before + (time.perf_counter() - self.wall_start)
@@ -290,6 +299,8 @@ class Trainer:
             augment=self.augment,
             start=self.step_in_epoch,
         )
+        if self.mixup is not None:  # yb becomes soft targets (B, C)
+            stream = self.mixup.batches(stream)
         for xb, yb in stream:
             self.lr = self.schedule(self.global_step)
             # every listener is asked (none is skipped because an earlier one said yes)
