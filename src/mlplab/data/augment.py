@@ -170,3 +170,21 @@ class Mixup:
 
     def __repr__(self) -> str:
         return f"Mixup(num_classes={self.num_classes}, alpha={self.alpha:g})"
+
+
+def batch_augmentation(data, *, augment: bool, padding: int, rng) -> RandomCropFlip | RandomMirror | None:
+    """The training batches' augmentation for ``data`` (a DatasetSplits): crops and flips of
+    image rows, flips of mirror-symmetric coordinates (``data.mirror``), or None when off."""
+    if not augment:
+        return None
+    mirror = getattr(data, "mirror", None)
+    if not data.image_shape and mirror is not None:
+        if padding:
+            raise ConfigError(
+                "--augment: random crops need image rows, and --whitening pca turns them into "
+                "coordinates; only flips work there (pass --augment-padding 0)"
+            )
+        return RandomMirror(mirror, rng=rng)
+    if not data.image_shape:
+        raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
+    return RandomCropFlip(data.image_shape, padding=padding, rng=rng)

@@ -12,7 +12,6 @@ import copy
 import math
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,10 @@ from mlplab.training.backends import make_backend
 from mlplab.training.checkpoint import load_checkpoint
 from mlplab.training.hooks import as_listener
 from mlplab.training.run import prepare_run_dir
+from mlplab.training.signals import StopSignals
 
 if TYPE_CHECKING:
-    from mlplab.data.augment import Mixup, RandomCropFlip, RandomMirror
+    from mlplab.data.augment import Mixup
 
 #: options a resumed run may change; everything else must match the saved run
 RESUMABLE_OPTIONS = (
@@ -129,6 +129,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data, *, listeners=(), run_dir: Path | None = None):
         from mlplab.data import num_batches
+        from mlplab.data.augment import batch_augmentation
 
         self.config = config
         self.data = data
@@ -137,25 +138,9 @@ class Trainer:
         model_seed, shuffle_seed, augment_seed = np.random.SeedSequence(config.seed).spawn(3)
         self.backend = make_backend(config, data.num_features, data.num_classes, model_seed)
         self.shuffle_rng = np.random.default_rng(shuffle_seed)
-        self.augment: RandomCropFlip | RandomMirror | None = None
-        mirror = getattr(data, "mirror", None)
-        if config.augment and not data.image_shape and mirror is not None:
-            if config.augment_padding:
-                raise ConfigError(
-                    "--augment: random crops need image rows, and --whitening pca turns them into "
-                    "coordinates; only flips work there (pass --augment-padding 0)"
-                )
-            from mlplab.data.augment import RandomMirror
-
-            self.augment = RandomMirror(mirror, rng=np.random.default_rng(augment_seed))
-        elif config.augment:
-            if not data.image_shape:
-                raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
-            from mlplab.data.augment import RandomCropFlip
-
-            self.augment = RandomCropFlip(
-                data.image_shape, padding=config.augment_padding, rng=np.random.default_rng(augment_seed)
-            )
+        self.augment = batch_augmentation(
+            data, augment=config.augment, padding=config.augment_padding, rng=np.random.default_rng(augment_seed)
+        )
         self.mixup: Mixup | None = None
         if config.mixup:  # off: no generator, no draws. spawn(3)'s children are the first three of spawn(4)
             from mlplab.data.augment import Mixup
@@ -273,7 +258,7 @@ class Trainer:
             listener.on_train_start(self)
         # Overflow on the way to a diverging loss is reported once, as DivergedError, not as
         # a stream of NumPy warnings: the loss itself is checked after every step.
-        with _StopSignals(self), np.errstate(over="ignore", invalid="ignore"):
+        with StopSignals(self), np.errstate(over="ignore", invalid="ignore"):
             while self.epoch < self.config.epochs and not self.stop:
                 self.run_epoch()
         return self.finish()
@@ -445,31 +430,6 @@ class Trainer:
         for listener in self.listeners:
             listener.on_train_end(self, result)
         return result
-
-
-class _StopSignals:
-    """While training, SIGINT and SIGTERM only raise a flag: the current step finishes, the
-    state is saved and the run stops cleanly. A second SIGINT stops at once."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.previous: dict[int, object] = {}
-
-    def handler(self, signum, frame):
-        if self.trainer._signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.trainer._signal = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.handler)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, previous in self.previous.items():
-            signal.signal(signum, previous)
-        return False
 
 
 def _resume_config(run_dir: Path, options: dict):
