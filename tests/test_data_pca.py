@@ -163,13 +163,53 @@ def test_training_with_pca_flips_and_flip_averaging_on_digits(tmp_path):
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
 
 
-def test_crops_with_pca_are_one_clear_line(tmp_path):
+def test_crops_on_coordinates_are_one_clear_line():
+    from mlplab.data.augment import batch_augmentation
+
+    data = whiten(image_splits(), "pca", pca_components=6, use_cache=False)
+    with pytest.raises(ConfigError, match="--augment-padding 0"):
+        batch_augmentation(data, augment=True, padding=2, rng=0)
+    assert isinstance(batch_augmentation(data, augment=True, padding=0, rng=0), RandomMirror)
+
+
+def test_crops_then_projection_when_the_training_images_are_kept():
+    """``project_train=False``: the training rows stay images, the model's width is K, and each
+    batch is cropped and flipped as images, then projected."""
+    from mlplab.data.augment import ThenProject, batch_augmentation
+
+    data = image_splits()
+    images = data.train.x.copy()
+    whiten(data, "pca", pca_components=6, project_train=False, use_cache=False)
+    assert data.num_features == 6 and data.train.x.shape == images.shape and data.image_shape == SHAPE
+    np.testing.assert_array_equal(data.train.x, images)
+    assert data.validation.x.shape == (300, 6) and data.mirror is not None
+    augment = batch_augmentation(data, augment=True, padding=1, rng=5)
+    assert isinstance(augment, ThenProject) and augment.rng is augment.augment.rng
+    batch = augment(images[:40].copy())
+    expected = apply_pca(
+        RandomCropFlip(SHAPE, padding=1, rng=5)(images[:40].copy()), data.projection.mean, data.projection.basis
+    )
+    np.testing.assert_array_equal(batch, expected)
+    assert batch.shape == (40, 6)
+    with pytest.raises(ConfigError, match="augmentation is off"):
+        batch_augmentation(data, augment=False, padding=1, rng=5)
+
+
+def test_training_with_pca_and_crops_through_the_cli(tmp_path):
+    """Crops need images: the loop keeps the training images and projects each batch; the
+    run then evaluates (and `mlplab evaluate` re-evaluates) on coordinates."""
+    out = tmp_path / "run"
     command = [sys.executable, "-m", "mlplab", "train", "--dataset", "digits", "--whitening", "pca",
-               "--pca-components", "24", "--augment", "--epochs", "1", "--out", str(tmp_path / "r")]  # fmt: skip
+               "--pca-components", "24", "--augment", "--augment-padding", "1", "--tta-flip",
+               "--hidden-dims", "32", "--epochs", "3", "--out", str(out), "-q", "--no-report"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2  # a usage error, as every invalid option
-    lines = done.stderr.strip().splitlines()
-    assert "--augment-padding 0" in lines[-1] and "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "mlplab", "evaluate", str(out), "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
 
 
 def test_flip_averaging_in_coordinates_is_flip_averaging_in_pixels():
@@ -181,9 +221,12 @@ def test_flip_averaging_in_coordinates_is_flip_averaging_in_pixels():
     mean, basis, signs, _ = fit_pca(data.train.x, 24, SHAPE)
     w = np.random.default_rng(1).standard_normal((24, 3)).astype(np.float32)
     x = data.test.x
-    on_pixels = [lp for *_, lp in chunked_log_probs(lambda xb: (xb - mean) @ basis @ w, x, 128, tta_flip=True, image_shape=SHAPE)]
+    on_pixels = [
+        lp for *_, lp in chunked_log_probs(lambda xb: (xb - mean) @ basis @ w, x, 128, tta_flip=True, image_shape=SHAPE)
+    ]
     on_coordinates = [
-        lp for *_, lp in chunked_log_probs(lambda zb: zb @ w, apply_pca(x, mean, basis), 128, tta_flip=True, mirror=signs)
+        lp
+        for *_, lp in chunked_log_probs(lambda zb: zb @ w, apply_pca(x, mean, basis), 128, tta_flip=True, mirror=signs)
     ]
     np.testing.assert_allclose(np.concatenate(on_pixels), np.concatenate(on_coordinates), atol=1e-4)
 

@@ -89,7 +89,7 @@ def compare(config: TrainConfig | None = None, out=None, *, data=None, listeners
     for run_dir in runs.values():  # refuse before any training, not after the first run
         prepare_run_dir(run_dir, overwrite=config.overwrite, create=False)
     if data is None:
-        data = load_data(config)
+        data = load_data(config, for_training=True)
     out.mkdir(parents=True, exist_ok=True)
 
     results, initial, first_loss, devices = {}, {}, {}, {}

@@ -172,19 +172,43 @@ class Mixup:
         return f"Mixup(num_classes={self.num_classes}, alpha={self.alpha:g})"
 
 
-def batch_augmentation(data, *, augment: bool, padding: int, rng) -> RandomCropFlip | RandomMirror | None:
+def batch_augmentation(data, *, augment: bool, padding: int, rng):
     """The training batches' augmentation for ``data`` (a DatasetSplits): crops and flips of
-    image rows, flips of mirror-symmetric coordinates (``data.mirror``), or None when off."""
+    image rows (then ``data.projection``, when the model takes other features), flips of
+    mirror-symmetric coordinates (``data.mirror``), or None when off."""
     if not augment:
+        if getattr(data, "projection", None) is not None:
+            raise ConfigError("training rows are images awaiting a projection, but augmentation is off")
         return None
     mirror = getattr(data, "mirror", None)
+    projection = getattr(data, "projection", None)
     if not data.image_shape and mirror is not None:
         if padding:
             raise ConfigError(
-                "--augment: random crops need image rows, and --whitening pca turns them into "
-                "coordinates; only flips work there (pass --augment-padding 0)"
+                "--augment: random crops need image rows, and these rows are already principal "
+                "coordinates (whiten(..., project_train=False) keeps the training images); "
+                "or pass --augment-padding 0"
             )
         return RandomMirror(mirror, rng=rng)
     if not data.image_shape:
         raise ConfigError(f"--augment needs an image data set; {data.name!r} has no image shape")
-    return RandomCropFlip(data.image_shape, padding=padding, rng=rng)
+    crops = RandomCropFlip(data.image_shape, padding=padding, rng=rng)
+    return crops if projection is None else ThenProject(crops, projection)
+
+
+class ThenProject:
+    """Crops and flips of training images, then their projection to the features the model
+    takes (``data.projection``: principal coordinates). ``rng`` is the crops' generator."""
+
+    def __init__(self, augment: RandomCropFlip, projection) -> None:
+        self.augment, self.projection = augment, projection
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return self.augment.rng
+
+    def __call__(self, xb: np.ndarray) -> np.ndarray:
+        return self.projection(self.augment(xb))
+
+    def __repr__(self) -> str:
+        return f"ThenProject({self.augment!r}, {self.projection!r})"

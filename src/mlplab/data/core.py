@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,9 @@ class DatasetSplits:
     ``image_shape`` is (channels, height, width) of one row of ``x`` (None for non-image data);
     ``mirror`` (±1 per feature, or None) mirrors rows that are not images but have a mirror:
     ``x * mirror`` is the row of the left-right mirrored image (set by ``--whitening pca``);
+    ``projection`` (or None), when set, maps training rows, which are then still images of
+    ``image_shape``, to the features of the validation and test rows: the training loop applies it
+    to each batch after augmentation (``--whitening pca`` with random crops);
     ``info`` describes the source, checksum, normalisation and split, for a run's config.json.
     """
 
@@ -75,6 +79,7 @@ class DatasetSplits:
     image_shape: tuple[int, int, int] | None = None
     info: dict = field(default_factory=dict)
     mirror: np.ndarray | None = None
+    projection: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +87,8 @@ class DatasetSplits:
 
     @property
     def num_features(self) -> int:
-        return self.train.num_features
+        """The model's input width: that of the rows it sees (after ``projection``, if any)."""
+        return self.projection.features if self.projection is not None else self.train.num_features
 
 
 # -- where things live -------------------------------------------------------------------------

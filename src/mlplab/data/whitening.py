@@ -15,7 +15,9 @@
   unchanged or negated by a mirror: the rows are no longer images (``image_shape`` becomes
   None), but ``data.mirror`` (±1 per feature) mirrors them, ``x * mirror``, for flip
   augmentation and test-time flip averaging. The coordinates are not rescaled: their variances
-  stay the eigenvalues. docs/presets.md measures what this buys.
+  stay the eigenvalues. Random crops need pixels: with ``project_train=False`` the training split
+  stays images and ``data.projection`` maps each training batch to coordinates after it has been
+  augmented (what the training loop does when crops are on). docs/presets.md measures what this buys.
 
 Statistics come from the training split only. The ZCA matrix and the PCA basis are cached in
 ``$MLPLAB_CACHE/zca`` and ``$MLPLAB_CACHE/pca``, keyed by what they depend on (data source
@@ -145,6 +147,7 @@ def whiten(
     *,
     zca_epsilon: float = 0.1,
     pca_components: int = 768,
+    project_train: bool = True,
     use_cache: bool = True,
 ) -> DatasetSplits:
     """Whiten every split of ``data`` in place with statistics of its training split; returns ``data``."""
@@ -160,7 +163,7 @@ def whiten(
         data.info = {**(data.info or {}), "whitening": "per_image"}
         return data
     if method == "pca":
-        return _whiten_pca(data, pca_components, use_cache, started)
+        return _whiten_pca(data, pca_components, use_cache, started, project_train)
     if not zca_epsilon > 0:
         raise ConfigError(f"--zca-epsilon must be positive, got {zca_epsilon!r}")
     key = _zca_key(data, zca_epsilon)
@@ -197,7 +200,26 @@ def whiten(
     return data
 
 
-def _whiten_pca(data: DatasetSplits, components: int, use_cache: bool, started: float) -> DatasetSplits:
+class Projection:
+    """x ↦ (x − mean) V: training batches of images to principal coordinates, after augmentation."""
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray) -> None:
+        self.mean, self.basis = mean, basis
+
+    @property
+    def features(self) -> int:
+        return int(self.basis.shape[1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return apply_pca(x, self.mean, self.basis)
+
+    def __repr__(self) -> str:
+        return f"Projection({self.basis.shape[0]} -> {self.features})"
+
+
+def _whiten_pca(
+    data: DatasetSplits, components: int, use_cache: bool, started: float, project_train: bool = True
+) -> DatasetSplits:
     if isinstance(components, bool) or not isinstance(components, int) or not 1 <= components <= data.num_features:
         raise ConfigError(
             f"--pca-components must be a whole number from 1 to the {data.num_features} features "
@@ -234,10 +256,14 @@ def _whiten_pca(data: DatasetSplits, components: int, use_cache: bool, started: 
                 warn(f"could not cache the PCA basis in {path.parent}: {exc.strerror or exc}")
     assert fitted is not None  # read from the cache or fitted just above
     mean, basis, signs, eigenvalues = fitted
-    for split in (data.train, data.validation, data.test):
+    if project_train or image_shape is None:
+        data.train.x = apply_pca(data.train.x, mean, basis)
+        data.image_shape = None
+    else:  # training rows stay images, for crops; each batch is projected after augmentation
+        data.projection = Projection(mean, basis)
+    for split in (data.validation, data.test):
         split.x = apply_pca(split.x, mean, basis)
     data.mirror = signs if image_shape is not None else None
-    data.image_shape = None
     data.info = {
         **(data.info or {}),
         "whitening": "pca",

@@ -96,9 +96,19 @@ class Objective:
         """The data set ``config`` asks for, loaded once per distinct split."""
         from mlplab.training.loop import load_data
 
-        key = (config.dataset, config.data_dir, config.validation_size, config.split_seed, config.normalization)
+        key = (
+            config.dataset,
+            config.data_dir,
+            config.validation_size,
+            config.split_seed,
+            config.normalization,
+            config.whitening,
+            config.zca_epsilon if config.whitening == "zca" else None,
+            config.pca_components if config.whitening == "pca" else None,
+            config.whitening == "pca" and config.augment and config.augment_padding > 0,
+        )
         if key not in self._data:
-            self._data[key] = load_data(config)
+            self._data[key] = load_data(config, for_training=True)
         return self._data[key]
 
     def _slot_taken(self, trial, slot: int) -> int | None:

@@ -523,7 +523,7 @@ def _train(config, *, data, listeners, resume, preset, config_file, run_lock, **
 
         check_tracking(config, run_dir, resumed=checkpoint is not None)
     if data is None:
-        data = load_data(config)
+        data = load_data(config, for_training=True)
     if len(data.train) < config.batch_size:
         raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the training split ({len(data.train)} samples)"
@@ -566,8 +566,10 @@ def is_primary_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def load_data(config: TrainConfig):
-    """The data set ``config`` names, split and normalised as it asks."""
+def load_data(config: TrainConfig, *, for_training: bool = False):
+    """The data set ``config`` names, split and normalised as it asks. ``for_training`` with
+    ``--whitening pca`` and random crops keeps the training rows as images (the loop crops, then
+    projects each batch); otherwise every split is in the coordinates the model takes."""
     from mlplab.data import get_dataset
 
     options = {"split_seed": config.split_seed, "normalization": config.normalization}
@@ -577,5 +579,12 @@ def load_data(config: TrainConfig):
     if config.whitening != "none":
         from mlplab.data.whitening import whiten
 
-        whiten(data, config.whitening, zca_epsilon=config.zca_epsilon, pca_components=config.pca_components)
+        crops = config.augment and config.augment_padding > 0
+        whiten(
+            data,
+            config.whitening,
+            zca_epsilon=config.zca_epsilon,
+            pca_components=config.pca_components,
+            project_train=not (for_training and crops),
+        )
     return data
