@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 PRESET_RUN = re.compile(r"^(?P<preset>.+?)(?P<torch>-torch)?-seed(?P<seed>\d+)$")
-COLOURS = {"cifar10-1min": "tab:green", "cifar10-5min": "tab:orange", "cifar10-best": "tab:red"}
+COLOURS = {"reference": "tab:purple", "cifar10-1min": "tab:green", "cifar10-5min": "tab:orange", "cifar10-best": "tab:red"}
 
 
 def elapsed_seconds(time_file: Path) -> float | None:
@@ -80,6 +80,7 @@ def frontier(runs: list[dict]) -> list[tuple[float, float]]:
 
 def plot(runs: list[dict], out: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,6 +118,9 @@ def plot(runs: list[dict], out: Path) -> None:
     for minutes in (1, 5, 15):
         ax.axvline(minutes, color="0.8", linestyle="--", linewidth=0.8, zorder=0)
     ax.set_xscale("log")
+    ticks = [t for t in (0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30) if t <= 1.2 * max(r["seconds"] for r in runs) / 60]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("wall time of the whole command (minutes, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("MLPs on CIFAR-10, 2 CPU cores: what each minute buys")

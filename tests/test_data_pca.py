@@ -235,3 +235,21 @@ def test_pca_on_digits_through_get_dataset():
     data = whiten(get_dataset("digits"), "pca", pca_components=16, use_cache=False)
     assert data.num_features == 16 and data.mirror is not None
     assert data.info["pca_variance_kept"] > 0.8
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_interrupted_pca_run_resumes_bit_for_bit(tmp_path, padding):
+    """Flips in coordinates (padding 0) or crops on kept images then projection (padding 1):
+    either way a run stopped mid-epoch and resumed equals the run left alone."""
+    import mlplab
+    from mlplab.errors import TrainingInterrupted
+    from test_reliability import InterruptAt, assert_same_run
+
+    options = dict(dataset="digits", whitening="pca", pca_components=20, augment=True, augment_padding=padding,
+                   tta_flip=True, hidden_dims=[32], optimizer="adamw", lr=0.01, schedule="cosine",
+                   batch_size=64, epochs=3, quiet=True, report=False)  # fmt: skip
+    mlplab.train(out=str(tmp_path / "full"), **options)
+    with pytest.raises(TrainingInterrupted):
+        mlplab.train(out=str(tmp_path / "cut"), listeners=[InterruptAt(30)], **options)
+    mlplab.train(resume=str(tmp_path / "cut"), quiet=True)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")

@@ -123,11 +123,22 @@ def fit_pca(x: np.ndarray, components: int, image_shape=None) -> tuple[np.ndarra
     return mean.astype(np.float32), vectors[:, order].astype(np.float32), signs[order].astype(np.float32), values[order]
 
 
-def apply_pca(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """(x − mean) V, a new float32 array (N, K), a chunk of rows at a time."""
+def pca_offset(mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """mean V (K,), float32, summed in float64."""
+    return (mean.astype(np.float64) @ basis.astype(np.float64)).astype(np.float32)
+
+
+def apply_pca(x: np.ndarray, mean: np.ndarray, basis: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+    """(x − mean) V, a new float32 array (N, K), computed as x V − mean V a chunk of rows at a
+    time (no centred copy of x: this runs on every training batch when crops are on);
+    ``offset`` is mean V when known (:func:`pca_offset`)."""
     out = np.empty((len(x), basis.shape[1]), dtype=np.float32)
+    if offset is None:
+        offset = pca_offset(mean, basis)
     for start in range(0, len(x), CHUNK_ROWS):
-        np.matmul(x[start : start + CHUNK_ROWS] - mean, basis, out=out[start : start + CHUNK_ROWS])
+        block = out[start : start + CHUNK_ROWS]
+        np.matmul(x[start : start + CHUNK_ROWS], basis, out=block)
+        block -= offset
     return out
 
 
@@ -205,13 +216,14 @@ class Projection:
 
     def __init__(self, mean: np.ndarray, basis: np.ndarray) -> None:
         self.mean, self.basis = mean, basis
+        self.offset = pca_offset(mean, basis)
 
     @property
     def features(self) -> int:
         return int(self.basis.shape[1])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return apply_pca(x, self.mean, self.basis)
+        return apply_pca(x, self.mean, self.basis, self.offset)
 
     def __repr__(self) -> str:
         return f"Projection({self.basis.shape[0]} -> {self.features})"
