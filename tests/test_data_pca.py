@@ -253,3 +253,20 @@ def test_interrupted_pca_run_resumes_bit_for_bit(tmp_path, padding):
         mlplab.train(out=str(tmp_path / "cut"), listeners=[InterruptAt(30)], **options)
     mlplab.train(resume=str(tmp_path / "cut"), quiet=True)
     assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_numpy_and_torch_train_alike_on_principal_coordinates(tmp_path, padding):
+    """The PyTorch twin gets the same projected (and cropped, flipped) batches: in float64 the
+    two backends' runs agree to rounding, test-time flip averaging in coordinates included."""
+    pytest.importorskip("torch")
+    import mlplab
+
+    options = dict(dataset="digits", whitening="pca", pca_components=20, augment=True, augment_padding=padding,
+                   tta_flip=True, hidden_dims=[32], use_batch_norm=True, optimizer="adamw", lr=0.01,
+                   epochs=2, dtype="float64", device="cpu", quiet=True, report=False)  # fmt: skip
+    runs = [mlplab.train(backend=name, out=str(tmp_path / name), **options) for name in ("numpy", "torch")]
+    for a, b in zip(runs[0].history, runs[1].history):
+        assert a["train_accuracy"] == b["train_accuracy"] and a["val_accuracy"] == b["val_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+    assert runs[0].test_accuracy == runs[1].test_accuracy

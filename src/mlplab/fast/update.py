@@ -1,5 +1,6 @@
 """The optimisers' updates of :mod:`mlplab.optim` without temporaries: each parameter gets
-scratch arrays kept between steps and a BLAS axpy for the final p ← p − a·d.
+scratch arrays kept between steps; SGD's final p ← p − a·d is one BLAS axpy, and Adam/AdamW run
+block by block (each block in L2 cache), the blocks shared out between threads.
 
 The formulas, state and step counter are the optimiser's own (``optimizer.state``,
 ``optimizer.step_count``), so a run can switch between this and ``optimizer.step()`` at any
