@@ -50,11 +50,7 @@ def per_image_standardize(x: np.ndarray, eps: float = 1e-6) -> None:
 def fit_zca(x: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     """The mean (D,) and the symmetric ZCA matrix W (D, D), float32, from the rows of ``x`` (N, D)."""
     mean = x.mean(axis=0, dtype=np.float64)
-    cov = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
-    for start in range(0, len(x), 8 * CHUNK_ROWS):
-        chunk = x[start : start + 8 * CHUNK_ROWS] - mean.astype(np.float32)
-        cov += chunk.T @ chunk  # float32 products, float64 sum over chunks
-    cov /= len(x)
+    cov = _covariance(x, mean)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     scale = 1.0 / np.sqrt(np.maximum(eigenvalues, 0.0) + epsilon)
     w = (eigenvectors * scale) @ eigenvectors.T
@@ -142,6 +138,30 @@ def apply_pca(x: np.ndarray, mean: np.ndarray, basis: np.ndarray, offset: np.nda
     return out
 
 
+def _cached_fit(path, fit, shapes: dict, what: str, use_cache: bool) -> tuple[dict, bool]:
+    """The arrays ``fit()`` returns (a dict), read from ``path`` when a stored copy has every
+    name with the expected shape, else fitted and stored there (atomically; a failed write only
+    warns). Returns (arrays, whether they came from the cache)."""
+    if use_cache and path.exists():
+        try:
+            with np.load(path) as stored:
+                arrays = {name: stored[name] for name in shapes}
+            if all(arrays[name].shape == shape for name, shape in shapes.items()):
+                return arrays, True
+        except (OSError, ValueError, KeyError):
+            pass
+    arrays = fit()
+    if use_cache:
+        try:
+            from mlplab.storage import atomic_write
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: np.savez(f, **arrays))
+        except OSError as exc:
+            warn(f"could not cache {what} in {path.parent}: {exc.strerror or exc}")
+    return arrays, False
+
+
 def _zca_key(data: DatasetSplits, epsilon: float) -> str:
     info = data.info or {}
     parts = {
@@ -177,28 +197,15 @@ def whiten(
         return _whiten_pca(data, pca_components, use_cache, started, project_train)
     if not zca_epsilon > 0:
         raise ConfigError(f"--zca-epsilon must be positive, got {zca_epsilon!r}")
-    key = _zca_key(data, zca_epsilon)
-    path = cache_root() / "zca" / f"{key}.npz"
-    mean = w = None
-    cached = False
-    if use_cache and path.exists():
-        try:
-            with np.load(path) as stored:
-                mean, w = stored["mean"], stored["w"]
-            cached = mean.shape == (data.num_features,) and w.shape == (data.num_features,) * 2
-        except (OSError, ValueError, KeyError):
-            cached = False
-    if not cached:
-        mean, w = fit_zca(data.train.x, zca_epsilon)
-        if use_cache:
-            try:
-                from mlplab.storage import atomic_write
-
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, lambda f: np.savez(f, mean=mean, w=w))
-            except OSError as exc:
-                warn(f"could not cache the ZCA matrix in {path.parent}: {exc.strerror or exc}")
-    assert mean is not None and w is not None  # read from the cache or fitted just above
+    d = data.num_features
+    stored, cached = _cached_fit(
+        cache_root() / "zca" / f"{_zca_key(data, zca_epsilon)}.npz",
+        lambda: dict(zip(("mean", "w"), fit_zca(data.train.x, zca_epsilon))),
+        {"mean": (d,), "w": (d, d)},
+        "the ZCA matrix",
+        use_cache,
+    )
+    mean, w = stored["mean"], stored["w"]
     for split in splits:
         apply_zca(split.x, mean, w)
     data.info = {
@@ -238,43 +245,35 @@ def _whiten_pca(
             f"of {data.name}, got {components!r}"
         )
     image_shape = data.image_shape
-    path = cache_root() / "pca" / f"{_pca_key(data, components)}.npz"
-    fitted = None
-    cached = False
-    if use_cache and path.exists():
-        try:
-            with np.load(path) as stored:
-                fitted = (stored["mean"], stored["basis"], stored["signs"], stored["eigenvalues"])
-                total_variance = float(stored["total_variance"])
-            cached = fitted[1].shape == (data.num_features, components)
-        except (OSError, ValueError, KeyError):
-            cached = False
-    if not cached:
-        fitted = fit_pca(data.train.x, components, image_shape)
-        total_variance = _total_variance(data.train.x, fitted[0])
-        if use_cache:
-            try:
-                from mlplab.storage import atomic_write
 
-                path.parent.mkdir(parents=True, exist_ok=True)
-                mean, basis, signs, eigenvalues = fitted
-                atomic_write(
-                    path,
-                    lambda f: np.savez(
-                        f, mean=mean, basis=basis, signs=signs, eigenvalues=eigenvalues, total_variance=total_variance
-                    ),
-                )
-            except OSError as exc:
-                warn(f"could not cache the PCA basis in {path.parent}: {exc.strerror or exc}")
-    assert fitted is not None  # read from the cache or fitted just above
-    mean, basis, signs, eigenvalues = fitted
+    def fit() -> dict:
+        mean, basis, signs, eigenvalues = fit_pca(data.train.x, components, image_shape)
+        variance = np.float64(_total_variance(data.train.x, mean))
+        return {"mean": mean, "basis": basis, "signs": signs, "eigenvalues": eigenvalues, "total_variance": variance}
+
+    stored, cached = _cached_fit(
+        cache_root() / "pca" / f"{_pca_key(data, components)}.npz",
+        fit,
+        {
+            "mean": (data.num_features,),
+            "basis": (data.num_features, components),
+            "signs": (components,),
+            "eigenvalues": (components,),
+            "total_variance": (),
+        },
+        "the PCA basis",
+        use_cache,
+    )
+    mean, basis, signs, eigenvalues = stored["mean"], stored["basis"], stored["signs"], stored["eigenvalues"]
+    total_variance = float(stored["total_variance"])
+    offset = pca_offset(mean, basis)
     if project_train or image_shape is None:
-        data.train.x = apply_pca(data.train.x, mean, basis)
+        data.train.x = apply_pca(data.train.x, mean, basis, offset)
         data.image_shape = None
     else:  # training rows stay images, for crops; each batch is projected after augmentation
         data.projection = Projection(mean, basis)
     for split in (data.validation, data.test):
-        split.x = apply_pca(split.x, mean, basis)
+        split.x = apply_pca(split.x, mean, basis, offset)
     data.mirror = signs if image_shape is not None else None
     data.info = {
         **(data.info or {}),
